@@ -1,0 +1,84 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+// Layers, bottom up: the C libraries (system targets) -> SMQKeys (keys, certificates, allowlists)
+// and SMQProtocol (SMQ/1 codec and the fragment pipeline: pure values, no sockets) -> SecureMQ
+// (the ZeroMQ layer and the roles) -> thin executables.
+let package = Package(
+    name: "SecureMQ",
+    products: [
+        .library(name: "SecureMQ", targets: ["SecureMQ"]),
+        .executable(name: "keygen", targets: ["keygen"]),
+        .executable(name: "secure-broker", targets: ["secure-broker"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        .package(url: "https://github.com/x-sheep/swift-property-based.git", from: "2.0.1"),
+    ],
+    targets: [
+        .systemLibrary(name: "CZeroMQ", providers: [.apt(["libzmq3-dev"])]),
+        .systemLibrary(name: "CSodium", providers: [.apt(["libsodium-dev"])]),
+        .systemLibrary(name: "CCrypto", providers: [.apt(["libssl-dev"])]),
+
+        .target(
+            name: "SMQKeys",
+            dependencies: ["CSodium", .product(name: "Logging", package: "swift-log")]
+        ),
+        .target(
+            name: "SMQProtocol",
+            dependencies: ["CCrypto"]
+        ),
+        .target(
+            name: "SecureMQ",
+            dependencies: [
+                "SMQKeys", "SMQProtocol", "CZeroMQ", "CSodium",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .executableTarget(
+            name: "keygen",
+            dependencies: ["SecureMQ", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+        ),
+        .executableTarget(
+            name: "secure-broker",
+            dependencies: [
+                "SecureMQ",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+
+        .testTarget(
+            name: "SMQKeysTests",
+            dependencies: ["SMQKeys", "CSodium", .product(name: "PropertyBased", package: "swift-property-based")]
+        ),
+        .testTarget(
+            name: "SMQProtocolTests",
+            dependencies: ["SMQProtocol", .product(name: "PropertyBased", package: "swift-property-based")]
+        ),
+        .testTarget(
+            name: "SecureMQTests",
+            dependencies: [
+                "SecureMQ", "SMQKeys", "SMQProtocol",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "InMemoryLogging", package: "swift-log"),
+            ]
+        ),
+        .testTarget(
+            name: "CLITests",
+            dependencies: ["SMQKeys"]
+        ),
+    ]
+)
+
+// Strict settings for every Swift target, as swift-log does.
+for target in package.targets where [.executable, .test, .regular].contains(target.type) {
+    var settings = target.swiftSettings ?? []
+    settings.append(.enableUpcomingFeature("ExistentialAny"))
+    settings.append(.enableUpcomingFeature("MemberImportVisibility"))
+    settings.append(.enableUpcomingFeature("InternalImportsByDefault"))
+    target.swiftSettings = settings
+}

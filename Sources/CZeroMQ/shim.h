@@ -1,0 +1,18 @@
+#ifndef SECUREMQ_CZEROMQ_SHIM_H
+#define SECUREMQ_CZEROMQ_SHIM_H
+// Why a shim and not `pkg-config libzmq`: pkg-config drags in `-isystem /usr/include/mit-krb5`,
+// which SwiftPM warns about on every build. The header lives in /usr/include anyway.
+#include <zmq.h>
+// Glibc's Swift overlay does not export eventfd; the socket owner thread needs it to be woken.
+#include <sys/eventfd.h>
+#include <errno.h>
+#include <stdint.h>
+
+// The owner thread polls an eventfd next to its sockets; zmq_pollitem_t.fd must hold it.
+_Static_assert(sizeof(zmq_msg_t) == 64, "zmq_msg_t is 64 bytes in libzmq 4.x");
+
+// Function-like macros do not import into Swift.
+static inline int smq_zmq_version_major(void) { int a, b, c; zmq_version(&a, &b, &c); return a; }
+static inline int smq_errno(void) { return errno; }
+
+#endif

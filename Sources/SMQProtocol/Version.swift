@@ -1,0 +1,1 @@
+public enum SMQProtocolVersion { public static let current: UInt8 = 1 }

@@ -1,0 +1,1 @@
+print("secure-broker: not yet")
