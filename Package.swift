@@ -62,7 +62,7 @@ let package = Package(
         .testTarget(
             name: "SecureMQTests",
             dependencies: [
-                "SecureMQ", "SMQKeys", "SMQProtocol",
+                "SecureMQ", "SMQKeys", "SMQProtocol", "CZeroMQ",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "InMemoryLogging", package: "swift-log"),
             ]

@@ -1,0 +1,21 @@
+/// How a CURVE client socket connects, and when it gives up.
+public struct ConnectionOptions: Sendable {
+    /// Fail with `.unreachable` if no handshake succeeds within this time (nil: keep trying).
+    public var connectTimeout: Duration? = .seconds(10)
+    /// Consecutive failed CURVE handshakes after which the connection fails with
+    /// `.handshakeFailed` (a wrong server key fails every time; libzmq alone would retry forever).
+    public var handshakeFailureLimit: Int = 2
+    /// The first reconnect delay; libzmq doubles it up to ``reconnectIntervalMax``.
+    public var reconnectInterval: Duration = .seconds(1)
+    public var reconnectIntervalMax: Duration = .seconds(32)
+    /// The largest message accepted, in bytes (a larger frame makes libzmq drop the peer).
+    public var maxMessageSize: Int = 1_048_576 + 1024
+    /// Messages queued per direction before sends wait.
+    public var highWaterMark: Int32 = 1000
+    /// How long a CURVE handshake may take.
+    public var handshakeTimeout: Duration = .seconds(10)
+    /// How long unsent messages are kept when closing.
+    public var linger: Duration = .milliseconds(500)
+
+    public init() {}
+}

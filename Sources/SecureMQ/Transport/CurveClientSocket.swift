@@ -1,0 +1,132 @@
+internal import CZeroMQ
+import Logging
+
+/// A DEALER socket connected as a CURVE client, whose monitor turns libzmq's silent retries into
+/// typed errors: a ZAP refusal ends it at once, repeated handshake failures after
+/// ``ConnectionOptions/handshakeFailureLimit`` tries, silence after the connect timeout.
+/// Confined to its ``SocketThread``.
+final class CurveClientSocket {
+    enum State {
+        case connecting
+        case connected
+        case failed(SecureMQError)
+        case closed
+    }
+
+    let socket: ZMQSocket
+    let endpoint: String
+    private(set) var state: State = .connecting
+    private var monitor: SocketMonitor?
+    private var handshakeFailures = 0
+    private var everConnected = false
+    private var connectTimer: SocketThread.TimerID?
+    private let thread: SocketThread
+    private let serverKey: PublicKey
+    private let keyPair: KeyPair
+    private let options: ConnectionOptions
+    private let logger: Logger
+    /// Called on the owner thread on every state change.
+    var onStateChange: (State) -> Void = { _ in }
+
+    init(context: SecureContext, thread: SocketThread, endpoint: String, serverKey: PublicKey, keyPair: KeyPair,
+         options: ConnectionOptions, logger: Logger) throws(SecureMQError) {
+        self.thread = thread
+        self.endpoint = endpoint
+        self.serverKey = serverKey
+        self.keyPair = keyPair
+        self.options = options
+        self.logger = logger
+        socket = try ZMQSocket(context: context.handle, kind: .dealer)
+        do {
+            try socket.configureCurveClient(keyPair: keyPair, serverKey: serverKey)
+            try socket.configureLimits(maxMessageSize: options.maxMessageSize, highWaterMark: options.highWaterMark,
+                                       handshakeTimeout: options.handshakeTimeout,
+                                       reconnectInterval: options.reconnectInterval,
+                                       reconnectIntervalMax: options.reconnectIntervalMax)
+            let events = ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH
+                | ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL | ZMQ_EVENT_DISCONNECTED
+            monitor = try SocketMonitor(socket: socket, context: context.handle, thread: thread, events: events) { [unowned self] event in
+                self.handle(event)
+            }
+            try socket.connect(endpoint)
+        } catch {
+            monitor?.stop()
+            socket.close(linger: .zero)
+            throw error
+        }
+        if let timeout = options.connectTimeout {
+            connectTimer = thread.schedule(after: timeout) { [unowned self] in
+                guard case .connecting = self.state, !self.everConnected else { return }
+                self.fail(SecureMQError(.unreachable, "no SecureMQ server answered at \(endpoint) within \(timeout): is it running, and is the endpoint right?"))
+            }
+        }
+    }
+
+    var isConnected: Bool {
+        if case .connected = state { return true }
+        return false
+    }
+
+    private func handle(_ event: SocketMonitor.Event) {
+        switch event.code {
+        case ZMQ_EVENT_HANDSHAKE_SUCCEEDED:
+            handshakeFailures = 0
+            everConnected = true
+            if let connectTimer { thread.cancel(connectTimer) }
+            connectTimer = nil
+            logger.debug("connected", metadata: ["endpoint": "\(endpoint)", "server": "\(serverKey.fingerprint)"])
+            set(.connected)
+        case ZMQ_EVENT_HANDSHAKE_FAILED_AUTH:
+            // ZAP said no (400/500); libzmq will not retry, and neither do we.
+            fail(SecureMQError(.rejectedByServer,
+                "the server at \(endpoint) rejected this key (\(keyPair.publicKey.fingerprint)): it is not on the server's allowlist (ZAP status \(event.value)); add this key's public certificate to the server's allowlist directory"))
+        case ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL, ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL:
+            handshakeFailures += 1
+            logger.debug("handshake failed", metadata: ["endpoint": "\(endpoint)", "failures": "\(handshakeFailures)"])
+            if handshakeFailures >= options.handshakeFailureLimit {
+                fail(SecureMQError(.handshakeFailed,
+                    "the CURVE handshake with \(endpoint) failed \(handshakeFailures) times in a row: the server public key (\(serverKey.fingerprint)…) is wrong, or the peer is not a SecureMQ server"))
+            }
+        case ZMQ_EVENT_DISCONNECTED:
+            if case .connected = state {
+                logger.info("disconnected; reconnecting", metadata: ["endpoint": "\(endpoint)"])
+                set(.connecting)
+            }
+        default:
+            break
+        }
+    }
+
+    private func set(_ newState: State) {
+        state = newState
+        onStateChange(newState)
+    }
+
+    /// Ends the connection with `error`: libzmq stops retrying because the socket is closed.
+    func fail(_ error: SecureMQError) {
+        switch state {
+        case .failed, .closed: return
+        default: break
+        }
+        logger.error("connection failed", metadata: ["endpoint": "\(endpoint)", "error": "\(error.message)"])
+        teardown(linger: .zero)
+        set(.failed(error))
+    }
+
+    func close() {
+        switch state {
+        case .failed, .closed: return
+        default: break
+        }
+        teardown(linger: options.linger)
+        set(.closed)
+    }
+
+    private func teardown(linger: Duration) {
+        if let connectTimer { thread.cancel(connectTimer) }
+        connectTimer = nil
+        monitor?.stop()
+        monitor = nil
+        socket.close(linger: linger)
+    }
+}

@@ -1,0 +1,48 @@
+internal import CZeroMQ
+import Logging
+
+/// A ROUTER socket bound as a CURVE server, behind the library's ZAP handler. The only way the
+/// library makes a server socket: the ZAP domain is registered (and the handler running) before
+/// the socket binds, so no key outside the allowlist ever completes a handshake.
+/// Confined to its ``SocketThread``.
+final class CurveServerSocket {
+    let socket: ZMQSocket
+    let zapDomain: String
+    let endpoints: [String]
+    private let zap: ZAPHandler
+
+    init(context: SecureContext, endpoints requested: [String], keyPair: KeyPair, allowlist: Allowlist,
+         maxMessageSize: Int, highWaterMark: Int32, logger: Logger) throws(SecureMQError) {
+        guard !requested.isEmpty else { throw SecureMQError(.invalidConfiguration, "a server needs at least one endpoint") }
+        zap = try context.zapHandler()
+        zapDomain = context.makeDomain("securemq")
+        try zap.register(domain: zapDomain, allowlist: allowlist, logger: logger)
+        do {
+            socket = try ZMQSocket(context: context.handle, kind: .router)
+        } catch {
+            zap.unregister(domain: zapDomain)
+            throw error
+        }
+        do {
+            try socket.configureCurveServer(keyPair: keyPair, zapDomain: zapDomain)
+            try socket.configureLimits(maxMessageSize: maxMessageSize, highWaterMark: highWaterMark, handshakeTimeout: .seconds(10))
+            // A ROUTER silently drops what it cannot route unless told to report it.
+            try socket.set(ZMQ_ROUTER_MANDATORY, 1)
+            var bound: [String] = []
+            for endpoint in requested {
+                try socket.bind(endpoint)
+                bound.append(socket.lastEndpoint)
+            }
+            endpoints = bound
+        } catch {
+            socket.close(linger: .zero)
+            zap.unregister(domain: zapDomain)
+            throw error
+        }
+    }
+
+    func close(linger: Duration) {
+        socket.close(linger: linger)
+        zap.unregister(domain: zapDomain)
+    }
+}

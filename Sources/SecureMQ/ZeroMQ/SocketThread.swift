@@ -1,0 +1,331 @@
+internal import CZeroMQ
+import Glibc
+import Synchronization
+import Dispatch
+
+/// The one thread that owns a set of libzmq sockets.
+///
+/// libzmq sockets are not thread-safe, so every socket belongs to exactly one `SocketThread`,
+/// which runs `zmq_poll` over its sockets plus an `eventfd`. Other threads (and async callers)
+/// never touch a socket: they put closures into a locked inbox with ``execute(_:)`` and write the
+/// eventfd to wake the poll. Results go back through continuations resumed from the thread.
+///
+/// `@unchecked Sendable`: the inbox and lifecycle flags are behind a `Mutex`; everything else is
+/// confined to the owner thread (read and written only from closures that run on it).
+final class SocketThread: @unchecked Sendable {
+    typealias Work = @Sendable () -> Void
+
+    struct RegistrationID: Hashable { let raw: Int }
+    struct TimerID: Hashable { let raw: Int }
+
+    /// A socket (or plain file descriptor) and what to do when it is ready.
+    final class Registration {
+        let id: RegistrationID
+        let socket: ZMQSocket?
+        let fd: Int32
+        var wantsRead: Bool
+        var wantsWrite: Bool
+        var onReadable: () -> Void
+        var onWritable: () -> Void
+        var removed = false
+
+        init(id: RegistrationID, socket: ZMQSocket?, fd: Int32, wantsRead: Bool, wantsWrite: Bool,
+             onReadable: @escaping () -> Void, onWritable: @escaping () -> Void) {
+            self.id = id
+            self.socket = socket
+            self.fd = fd
+            self.wantsRead = wantsRead
+            self.wantsWrite = wantsWrite
+            self.onReadable = onReadable
+            self.onWritable = onWritable
+        }
+    }
+
+    private struct Timer {
+        let id: TimerID
+        var deadline: UInt64
+        let interval: UInt64?
+        let body: () -> Void
+    }
+
+    private struct Shared {
+        var inbox: [Work] = []
+        var stopRequested = false
+        var exited = false
+        var exitWaiters: [CheckedContinuation<Void, Never>] = []
+        var owner: pthread_t?
+    }
+
+    let name: String
+    private let eventFD: Int32
+    private let shared = Mutex(Shared())
+
+    // Owner-thread state.
+    private var registrations: [Registration] = []
+    private var timers: [Timer] = []
+    private var nextID = 1
+    private var pollItems: [zmq_pollitem_t] = []
+    private var stopHooks: [() -> Void] = []
+    private var firing = false
+    private var cancelledWhileFiring: Set<TimerID> = []
+    private let exitSemaphore = DispatchSemaphore(value: 0)
+
+    init(name: String) throws(SecureMQError) {
+        self.name = name
+        let fd = eventfd(0, Int32(EFD_NONBLOCK | EFD_CLOEXEC))
+        guard fd >= 0 else { throw SecureMQError(.system, "eventfd failed (errno \(errno))", errno: errno, call: "eventfd") }
+        eventFD = fd
+        let box = Unmanaged.passRetained(self)
+        var tid = pthread_t()
+        let rc = pthread_create(&tid, nil, { raw in
+            let me = Unmanaged<SocketThread>.fromOpaque(raw!).takeRetainedValue()
+            me.run()
+            return nil
+        }, box.toOpaque())
+        guard rc == 0 else {
+            box.release()
+            Glibc.close(fd)
+            throw SecureMQError(.system, "pthread_create failed (\(rc))", errno: rc, call: "pthread_create")
+        }
+        // Detached: both the async and the blocking shutdown wait for the exit signal, not a join.
+        pthread_detach(tid)
+    }
+
+    deinit {
+        Glibc.close(eventFD)
+    }
+
+    /// True when called on this thread.
+    var isCurrent: Bool {
+        guard let owner = shared.withLock({ $0.owner }) else { return false }
+        return pthread_equal(pthread_self(), owner) != 0
+    }
+
+    /// Runs `work` on the owner thread. Returns false if the thread has stopped (work not run).
+    @discardableResult
+    func execute(_ work: @escaping Work) -> Bool {
+        let accepted = shared.withLock { state -> Bool in
+            guard !state.stopRequested else { return false }
+            state.inbox.append(work)
+            return true
+        }
+        if accepted { wake() }
+        return accepted
+    }
+
+    /// Runs `body` on the owner thread and returns its result to the async caller.
+    func run<T: Sendable>(_ body: @escaping @Sendable () throws(SecureMQError) -> T) async throws(SecureMQError) -> T {
+        let result: Result<T, SecureMQError> = await withCheckedContinuation { continuation in
+            let accepted = execute {
+                do throws(SecureMQError) { continuation.resume(returning: .success(try body())) } catch {
+                    continuation.resume(returning: .failure(error))
+                }
+            }
+            if !accepted { continuation.resume(returning: .failure(SecureMQError(.closed, "\(name) has stopped"))) }
+        }
+        return try result.get()
+    }
+
+    /// Runs `body` on the owner thread and blocks the caller until it is done (set-up paths only;
+    /// never on the owner thread itself).
+    func runAndWait<T>(_ body: @escaping () throws(SecureMQError) -> T) throws(SecureMQError) -> T {
+        precondition(!isCurrent, "runAndWait would deadlock on the owner thread")
+        let done = DispatchSemaphore(value: 0)
+        let slot = UncheckedBox(ResultSlot<T>())
+        let work = UncheckedBox(body)
+        let accepted = execute {
+            do throws(SecureMQError) { slot.value.result = .success(try work.value()) } catch {
+                slot.value.result = .failure(error)
+            }
+            done.signal()
+        }
+        guard accepted else { throw SecureMQError(.closed, "\(name) has stopped") }
+        done.wait()
+        return try slot.value.result!.get()
+    }
+
+    private func wake() {
+        var one: UInt64 = 1
+        _ = Glibc.write(eventFD, &one, 8)
+    }
+
+    // MARK: owner-thread API
+
+    func register(_ socket: ZMQSocket, read: Bool = true, write: Bool = false,
+                  onReadable: @escaping () -> Void, onWritable: @escaping () -> Void = {}) -> Registration {
+        precondition(isCurrent, "register on the owner thread")
+        let registration = Registration(id: RegistrationID(raw: nextID), socket: socket, fd: -1,
+                                        wantsRead: read, wantsWrite: write, onReadable: onReadable, onWritable: onWritable)
+        nextID += 1
+        registrations.append(registration)
+        return registration
+    }
+
+    func unregister(_ registration: Registration) {
+        registration.removed = true
+    }
+
+    /// Runs `body` after `delay`, and then every `interval` if given.
+    @discardableResult
+    func schedule(after delay: Duration, every interval: Duration? = nil, _ body: @escaping () -> Void) -> TimerID {
+        precondition(isCurrent, "schedule on the owner thread")
+        let id = TimerID(raw: nextID)
+        nextID += 1
+        timers.append(Timer(id: id, deadline: Self.now() &+ delay.nanoseconds, interval: interval?.nanoseconds, body: body))
+        return id
+    }
+
+    func cancel(_ timer: TimerID) {
+        timers.removeAll { $0.id == timer }
+        if firing { cancelledWhileFiring.insert(timer) }
+    }
+
+    /// Called on the owner thread when it stops, before it exits: close sockets here.
+    func onStop(_ hook: @escaping () -> Void) {
+        stopHooks.append(hook)
+    }
+
+    /// Asks the thread to stop: pending inbox work still runs, then the stop hooks, then it exits.
+    func requestStop() {
+        let first = shared.withLock { state -> Bool in
+            defer { state.stopRequested = true }
+            return !state.stopRequested
+        }
+        if first { wake() }
+    }
+
+    /// Stops the thread and waits until it has closed its sockets and exited.
+    func shutdown() async {
+        requestStop()
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let done = shared.withLock { state -> Bool in
+                if state.exited { return true }
+                state.exitWaiters.append(continuation)
+                return false
+            }
+            if done { continuation.resume() }
+        }
+    }
+
+    /// Blocking variant for synchronous teardown (never call it on the owner thread).
+    func shutdownAndWait() {
+        precondition(!isCurrent, "a SocketThread cannot wait for itself")
+        requestStop()
+        let already = shared.withLock { $0.exited }
+        if !already { exitSemaphore.wait(); exitSemaphore.signal() }
+    }
+
+    static func now() -> UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
+    }
+
+    // MARK: the loop
+
+    private func run() {
+        shared.withLock { $0.owner = pthread_self() }
+        var stopping = false
+        while true {
+            let (work, stop) = shared.withLock { state -> ([Work], Bool) in
+                let work = state.inbox
+                state.inbox.removeAll(keepingCapacity: true)
+                return (work, state.stopRequested)
+            }
+            for item in work { item() }
+            if stop && !stopping {
+                stopping = true
+                break
+            }
+            pollOnce()
+        }
+        // Late work that raced with the stop request still runs (it may resume continuations).
+        let late = shared.withLock { state -> [Work] in
+            let work = state.inbox
+            state.inbox.removeAll()
+            return work
+        }
+        for item in late { item() }
+        for hook in stopHooks { hook() }
+        stopHooks.removeAll()
+        registrations.removeAll()
+        timers.removeAll()
+        let waiters = shared.withLock { state -> [CheckedContinuation<Void, Never>] in
+            state.exited = true
+            defer { state.exitWaiters.removeAll() }
+            return state.exitWaiters
+        }
+        exitSemaphore.signal()
+        for waiter in waiters { waiter.resume() }
+    }
+
+    private func pollOnce() {
+        if registrations.contains(where: { $0.removed }) { registrations.removeAll { $0.removed } }
+        pollItems.removeAll(keepingCapacity: true)
+        pollItems.append(zmq_pollitem_t(socket: nil, fd: eventFD, events: Int16(ZMQ_POLLIN), revents: 0))
+        for registration in registrations {
+            var events: Int16 = 0
+            if registration.wantsRead { events |= Int16(ZMQ_POLLIN) }
+            if registration.wantsWrite { events |= Int16(ZMQ_POLLOUT) }
+            pollItems.append(zmq_pollitem_t(socket: registration.socket?.handle, fd: registration.fd, events: events, revents: 0))
+        }
+        var timeout: Int = -1
+        if let next = timers.min(by: { $0.deadline < $1.deadline })?.deadline {
+            let now = Self.now()
+            timeout = next <= now ? 0 : Int((next - now + 999_999) / 1_000_000)
+        }
+        let count = pollItems.count
+        let rc = pollItems.withUnsafeMutableBufferPointer { items in
+            zmq_poll(items.baseAddress, Int32(count), timeout)
+        }
+        if rc > 0 {
+            if pollItems[0].revents != 0 {
+                var value: UInt64 = 0
+                _ = Glibc.read(eventFD, &value, 8)
+            }
+            // Handlers may register or unregister: walk the snapshot that was polled.
+            let polled = registrations
+            for (index, registration) in polled.enumerated() where !registration.removed {
+                let revents = pollItems[index + 1].revents
+                if revents & Int16(ZMQ_POLLIN) != 0 { registration.onReadable() }
+                if !registration.removed && revents & Int16(ZMQ_POLLOUT) != 0 { registration.onWritable() }
+            }
+        }
+        fireTimers()
+    }
+
+    private func fireTimers() {
+        guard !timers.isEmpty else { return }
+        let now = Self.now()
+        var due: [Timer] = []
+        for index in timers.indices where timers[index].deadline <= now {
+            due.append(timers[index])
+            if let interval = timers[index].interval {
+                timers[index].deadline = max(timers[index].deadline &+ interval, now)
+            }
+        }
+        guard !due.isEmpty else { return }
+        let oneShots = Set(due.filter { $0.interval == nil }.map(\.id))
+        timers.removeAll { oneShots.contains($0.id) }
+        cancelledWhileFiring.removeAll()
+        firing = true
+        defer { firing = false }
+        for timer in due where !cancelledWhileFiring.contains(timer.id) { timer.body() }
+    }
+}
+
+extension Duration {
+    var nanoseconds: UInt64 {
+        let (seconds, attoseconds) = components
+        return UInt64(max(0, seconds)) &* 1_000_000_000 &+ UInt64(max(0, attoseconds) / 1_000_000_000)
+    }
+
+    var milliseconds: Int32 {
+        Int32(clamping: nanoseconds / 1_000_000)
+    }
+}
+
+/// Written by the owner thread, read by the waiting caller after a semaphore: happens-before holds.
+final class ResultSlot<T> {
+    var result: Result<T, SecureMQError>?
+}
