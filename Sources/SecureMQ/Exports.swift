@@ -1,1 +1,2 @@
 @_exported public import SMQKeys
+@_exported public import SMQProtocol

@@ -24,6 +24,14 @@ public struct SecureMQError: Error, Hashable, Sendable, CustomStringConvertible 
         public static let peerUnreachable = Code(name: "peerUnreachable")
         /// Bad configuration: an endpoint, an option, a domain.
         public static let invalidConfiguration = Code(name: "invalidConfiguration")
+        /// A job failed at the broker or a worker; ``SecureMQError/status`` has the SMQ/1
+        /// failure code (400, 403, 404, 410, 413, 500, 503, 504, 520) and
+        /// ``SecureMQError/fragmentIndex`` the fragment, if one was named.
+        public static let jobFailed = Code(name: "jobFailed")
+        /// A result failed its integrity check, or the gathered results are inconsistent.
+        public static let integrity = Code(name: "integrity")
+        /// The broker told us to leave (revoked key, role violation, shutdown).
+        public static let disconnected = Code(name: "disconnected")
         /// A libzmq call failed; ``SecureMQError/errno`` and ``SecureMQError/call`` say which.
         public static let system = Code(name: "system")
     }
@@ -34,12 +42,19 @@ public struct SecureMQError: Error, Hashable, Sendable, CustomStringConvertible 
     public let errno: Int32?
     /// For `.system`: the failing call's name.
     public let call: String?
+    /// For `.jobFailed`: the SMQ/1 failure code.
+    public let status: UInt16?
+    /// For `.jobFailed`: the fragment that failed the job (nil: the job as a whole).
+    public let fragmentIndex: UInt32?
 
-    public init(_ code: Code, _ message: String, errno: Int32? = nil, call: String? = nil) {
+    public init(_ code: Code, _ message: String, errno: Int32? = nil, call: String? = nil,
+                status: UInt16? = nil, fragmentIndex: UInt32? = nil) {
         self.code = code
         self.message = message
         self.errno = errno
         self.call = call
+        self.status = status
+        self.fragmentIndex = fragmentIndex
     }
 
     public var description: String { message }

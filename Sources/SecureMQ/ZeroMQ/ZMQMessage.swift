@@ -65,3 +65,10 @@ final class ZMQMessage {
         body(zmq_msg_gets(pointer, name))
     }
 }
+
+extension ZMQMessage {
+    /// Makes this message share `other`'s content (zmq_msg_copy: a reference, not a byte copy).
+    func copy(from other: ZMQMessage) {
+        zmq_msg_copy(pointer, other.pointer)
+    }
+}

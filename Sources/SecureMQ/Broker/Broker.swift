@@ -1,0 +1,104 @@
+public import Logging
+
+/// The SecureMQ broker engine: admits only allowlisted keys, takes each peer's role, weight and
+/// services from its allowlist entry, and dispatches fragments over workers by weight with
+/// credit windows, byte budgets, retries and typed failures (SMQ/1, docs/PROTOCOL.md).
+///
+/// It runs on a thread of its own; `secure-broker` is a thin daemon around it, and tests and
+/// benchmarks embed it directly.
+///
+/// ```swift
+/// let broker = try await Broker.start(keyPair: brokerKeys, allowlist: allowlist)
+/// // …
+/// await broker.shutdown()
+/// ```
+public final class Broker: Sendable {
+    /// The endpoints bound (ports resolved).
+    public let endpoints: [String]
+    private let thread: SocketThread
+    private nonisolated(unsafe) let engine: BrokerEngine
+
+    private init(endpoints: [String], thread: SocketThread, engine: BrokerEngine) {
+        self.endpoints = endpoints
+        self.thread = thread
+        self.engine = engine
+    }
+
+    deinit {
+        thread.requestStop()
+    }
+
+    /// Binds the broker's ROUTER socket and starts serving.
+    /// - Parameters:
+    ///   - keyPair: the broker's identity; clients and workers need its public key.
+    ///   - allowlist: the keys admitted, with their roles, weights and services.
+    ///   - configuration: endpoints, strategy, windows, budgets, timeouts.
+    ///   - context: the ZeroMQ context (default: the process-wide one).
+    ///   - logger: peers joining and leaving, rejections, failures.
+    /// - Throws: ``SecureMQError`` `.invalidConfiguration` for bad settings or endpoints.
+    public static func start(
+        keyPair: KeyPair, allowlist: Allowlist, configuration: BrokerConfiguration = BrokerConfiguration(),
+        context: SecureContext = .shared, logger: Logger = Logger(label: "securemq.broker")
+    ) async throws(SecureMQError) -> Broker {
+        try configuration.validate()
+        let thread = try SocketThread(name: "securemq-broker")
+        do {
+            let engine = try thread.runAndWait { () throws(SecureMQError) in
+                let server = try CurveServerSocket(
+                    context: context, endpoints: configuration.endpoints, keyPair: keyPair, allowlist: allowlist,
+                    maxMessageSize: Wire.maxMessageSize(forFragment: configuration.maxFragmentSize),
+                    highWaterMark: 10_000, logger: logger)
+                let engine = BrokerEngine(server: server, allowlist: allowlist, configuration: configuration, thread: thread, logger: logger)
+                thread.onStop { engine.close() }
+                return engine
+            }
+            return Broker(endpoints: engine.server.endpoints, thread: thread, engine: engine)
+        } catch {
+            thread.requestStop()
+            throw error
+        }
+    }
+
+    /// A snapshot of the broker's counters.
+    public func statistics() async -> BrokerStatistics {
+        let box = UncheckedBox(engine)
+        return (try? await thread.run { () throws(SecureMQError) in box.value.snapshot() }) ?? BrokerStatistics()
+    }
+
+    /// Re-reads the allowlist now and applies it to live peers (revoked keys are cut off).
+    public func allowlistChanged() async {
+        let box = UncheckedBox(engine)
+        _ = try? await thread.run { () throws(SecureMQError) in box.value.checkAllowlist(force: true) }
+    }
+
+    /// Drains and stops: new SUBMITs get `503`, in-flight fragments may finish until the drain
+    /// timeout, then every peer gets DISCONNECT and the socket closes.
+    public func shutdown() async {
+        let box = UncheckedBox(engine)
+        let timeout = engine.configuration.drainTimeout
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let accepted = thread.execute {
+                let engine = box.value
+                engine.drainWaiters.append(continuation)
+                engine.thread.schedule(after: timeout) {
+                    let waiters = engine.drainWaiters
+                    engine.drainWaiters.removeAll()
+                    for waiter in waiters { waiter.resume() }
+                }
+                engine.startDrain()
+            }
+            if !accepted { continuation.resume() }
+        }
+        await thread.shutdown()
+    }
+}
+
+extension BrokerEngine {
+    func snapshot() -> BrokerStatistics {
+        var copy = statistics
+        copy.bytesHeld = bytesHeld
+        copy.workers = keys.values.filter { key in key.connections.values.contains { $0.isWorker } }.count
+        copy.clients = keys.values.filter { key in key.connections.values.contains { !$0.isWorker } }.count
+        return copy
+    }
+}

@@ -1,0 +1,183 @@
+public import Logging
+import SMQProtocol
+
+/// A SecureMQ client: submits payloads to a service through the broker and gets the results
+/// back in order, as an async sequence.
+///
+/// ```swift
+/// let client = try await Client.connect(to: "tcp://127.0.0.1:5555", brokerKey: brokerKey, keyPair: myKeys)
+/// let job = try await client.submit(.file("big.bin"), to: "sha256")
+/// for try await result in job { handle(result.body) }
+/// ```
+public final class Client: Sendable {
+    /// Windows, fragment sizes and heartbeats.
+    public struct Options: Sendable {
+        /// Fragments outstanding per job: sent but not yet handed to the caller.
+        public var window: Int = 32
+        /// Payload bytes per fragment.
+        public var fragmentSize: Int = 256 << 10
+        /// The largest fragment body accepted from the broker (results).
+        public var maxFragmentSize: Int = 1 << 20
+        /// PING interval while jobs are open.
+        public var heartbeatInterval: Duration = .milliseconds(2500)
+        public var connection = ConnectionOptions()
+
+        public init() {}
+    }
+
+    private let thread: SocketThread
+    private nonisolated(unsafe) let engine: ClientEngine
+    public let options: Options
+
+    private init(thread: SocketThread, engine: ClientEngine, options: Options) {
+        self.thread = thread
+        self.engine = engine
+        self.options = options
+    }
+
+    deinit {
+        thread.requestStop()
+    }
+
+    /// Connects to a broker and waits for the CURVE handshake.
+    /// - Parameters:
+    ///   - endpoint: the broker, e.g. `tcp://127.0.0.1:5555`.
+    ///   - brokerKey: the broker's public key (certs/broker.key).
+    ///   - keyPair: this client's identity; its public key must be on the broker's allowlist.
+    /// - Throws: ``SecureMQError``: `.rejectedByServer`, `.handshakeFailed`, `.unreachable`, `.invalidConfiguration`.
+    public static func connect(
+        to endpoint: String, brokerKey: PublicKey, keyPair: KeyPair, options: Options = Options(),
+        context: SecureContext = .shared, logger: Logger = Logger(label: "securemq.client")
+    ) async throws(SecureMQError) -> Client {
+        guard options.window >= 1 else { throw SecureMQError(.invalidConfiguration, "the window must be at least 1") }
+        guard (1...options.maxFragmentSize).contains(options.fragmentSize) else {
+            throw SecureMQError(.invalidConfiguration, "the fragment size must be 1…\(options.maxFragmentSize) bytes")
+        }
+        var connectionOptions = options.connection
+        connectionOptions.maxMessageSize = Wire.maxMessageSize(forFragment: options.maxFragmentSize)
+        let thread = try SocketThread(name: "securemq-client")
+        let engine: ClientEngine
+        do {
+            engine = try thread.runAndWait { () throws(SecureMQError) in
+                let socket = try CurveClientSocket(context: context, thread: thread, endpoint: endpoint, serverKey: brokerKey,
+                                                   keyPair: keyPair, options: connectionOptions, logger: logger)
+                let engine = ClientEngine(socket: socket, thread: thread, options: options, logger: logger)
+                thread.onStop { engine.close() }
+                return engine
+            }
+        } catch {
+            thread.requestStop()
+            throw error
+        }
+        let client = Client(thread: thread, engine: engine, options: options)
+        let box = UncheckedBox(engine)
+        let _: Bool = try await thread.wait(register: { id, continuation in
+            box.value.waitConnected(id: id, continuation)
+        }, cancel: { id in box.value.connectWaiters.cancel(id: id) })
+        return client
+    }
+
+    /// Starts a job: the payload is split into fragments and sent as the window allows.
+    /// - Parameters:
+    ///   - payload: bytes or a file.
+    ///   - service: the service whose workers process it.
+    /// - Returns: the job, an async sequence of its results in index order.
+    /// - Throws: ``SecureMQError`` for an unreadable file or a bad service name.
+    public func submit(_ payload: Payload, to service: String) async throws(SecureMQError) -> Job {
+        let box = UncheckedBox(engine)
+        let options = self.options
+        let state = try await thread.run { () throws(SecureMQError) in
+            UncheckedBox(try box.value.startJob(payload, service: service, fragmentSize: options.fragmentSize))
+        }
+        return Job(thread: thread, engine: engine, state: state.value)
+    }
+
+    /// Sends one request as a one-fragment job and returns the reply.
+    /// - Throws: ``SecureMQError`` `.jobFailed` with the broker's or worker's status and reason.
+    public func request(_ body: [UInt8], service: String) async throws(SecureMQError) -> [UInt8] {
+        guard body.count <= options.maxFragmentSize else {
+            throw SecureMQError(.messageTooLarge, "a request of \(body.count) bytes is above the fragment limit (\(options.maxFragmentSize)); use submit")
+        }
+        let box = UncheckedBox(engine)
+        let state = try await thread.run { () throws(SecureMQError) in
+            UncheckedBox(try box.value.startJob(.bytes(body), service: service, fragmentSize: max(1, body.count)))
+        }
+        let job = Job(thread: thread, engine: engine, state: state.value)
+        var reply: [UInt8] = []
+        for try await result in job { reply = result.body }
+        return reply
+    }
+
+    /// Closes the connection; open jobs fail with `.closed`.
+    public func close() async {
+        await thread.shutdown()
+    }
+}
+
+/// A submitted job: iterate it for the results, in index order, each index exactly once.
+///
+/// The iteration throws ``SecureMQError`` when the job fails (`.jobFailed` with the status and
+/// reason from the broker or a worker, `.integrity` for a result that fails its digest).
+public final class Job: AsyncSequence, Sendable {
+    public typealias Element = JobResult
+    public typealias Failure = SecureMQError
+
+    /// The job id (hex), as the broker logs it.
+    public let id: String
+    /// Fragments in the job.
+    public let fragmentCount: Int
+    /// Payload bytes.
+    public let payloadLength: Int
+
+    private let thread: SocketThread
+    private nonisolated(unsafe) let engine: ClientEngine
+    private nonisolated(unsafe) let state: ClientJob
+
+    init(thread: SocketThread, engine: ClientEngine, state: ClientJob) {
+        self.thread = thread
+        self.engine = engine
+        self.state = state
+        id = state.jobID.description
+        fragmentCount = Int(state.count)
+        payloadLength = Int(state.totalLength)
+    }
+
+    public struct AsyncIterator: AsyncIteratorProtocol {
+        let job: Job
+        public mutating func next() async throws(SecureMQError) -> JobResult? {
+            try await job.nextResult()
+        }
+
+        public mutating func next(isolation actor: isolated (any Actor)?) async throws(SecureMQError) -> JobResult? {
+            try await job.nextResult()
+        }
+    }
+
+    public func makeAsyncIterator() -> AsyncIterator { AsyncIterator(job: self) }
+
+    func nextResult() async throws(SecureMQError) -> JobResult? {
+        let box = UncheckedBox((engine, state))
+        return try await thread.wait(register: { id, continuation in
+            box.value.0.next(box.value.1, id: id, continuation)
+        }, cancel: { id in box.value.1.consumers.cancel(id: id) })
+    }
+
+    /// Cancels the job: the broker drops its queued fragments; iteration ends with `.jobFailed` 410.
+    public func cancel() async {
+        let box = UncheckedBox((engine, state))
+        _ = try? await thread.run { () throws(SecureMQError) in box.value.0.cancel(box.value.1) }
+    }
+
+    /// What the job did; complete once the iteration has ended.
+    public func summary() async -> JobSummary {
+        let box = UncheckedBox(state)
+        return (try? await thread.run { () throws(SecureMQError) in box.value.summary() }) ?? JobSummary()
+    }
+
+    /// Collects every result body, concatenated in index order.
+    public func collect() async throws(SecureMQError) -> [UInt8] {
+        var out: [UInt8] = []
+        for try await result in self { out.append(contentsOf: result.body) }
+        return out
+    }
+}

@@ -1,0 +1,322 @@
+import DequeModule
+import Logging
+import SMQProtocol
+
+/// One job on the client's thread: the payload's reader, what is out, what came back.
+final class ClientJob {
+    let jobID: JobID
+    let service: ServiceName
+    let count: UInt32
+    let totalLength: UInt64
+    let fragmentSize: Int
+    let reader: PayloadReader
+    let consumers: Waiters<JobResult?>
+    var fragmenter: Fragmenter
+    var gatherer: Gatherer
+    /// Worker tags of results the gatherer holds out of order.
+    var heldTags: [UInt32: UInt64] = [:]
+    var nextIndex: UInt32 { fragmenter.nextIndex }
+    /// Results handed to the caller; the window is `nextIndex - handed`.
+    var handed: UInt32 = 0
+    /// SUBMITs sent and not yet answered, kept for BUSY resends and resubmission.
+    var outstanding: [UInt32: ZMQMessage] = [:]
+    /// In-order results waiting for the caller (at most the window).
+    var ready: Deque<JobResult> = []
+    var failure: SecureMQError?
+    var stats = JobSummary()
+    let started = SocketThread.now()
+    var finishedAt: UInt64?
+
+    init(jobID: JobID, service: ServiceName, reader: PayloadReader, fragmentSize: Int, window: Int,
+         limits: ProtocolLimits, thread: SocketThread) throws(PipelineError) {
+        self.jobID = jobID
+        self.service = service
+        self.reader = reader
+        self.fragmentSize = fragmentSize
+        totalLength = UInt64(reader.length)
+        // An empty payload is one empty fragment, so every job has a result to wait for.
+        fragmenter = try Fragmenter(jobID: jobID, totalLength: totalLength, fragmentSize: fragmentSize, limits: limits)
+        count = fragmenter.count
+        consumers = Waiters(thread: thread)
+        gatherer = Gatherer(jobID: jobID, count: count, window: window)
+        stats.fragments = Int(count)
+        stats.payloadBytes = reader.length
+    }
+
+    var isFinished: Bool { handed == count }
+
+    func summary() -> JobSummary {
+        var copy = stats
+        copy.elapsed = .nanoseconds(Int64((finishedAt ?? SocketThread.now()) &- started))
+        return copy
+    }
+}
+
+/// The owner-thread side of a ``Client``.
+final class ClientEngine {
+    let client: CurveClientSocket
+    let connectWaiters: Waiters<Bool>
+    let options: Client.Options
+    let logger: Logger
+    private let thread: SocketThread
+    private let limits: ProtocolLimits
+    private var jobs: [JobID: ClientJob] = [:]
+    private var registration: SocketThread.Registration?
+    private var received = ZMQMessage()
+    private var lastPing: UInt64 = 0
+
+    init(socket: CurveClientSocket, thread: SocketThread, options: Client.Options, logger: Logger) {
+        client = socket
+        self.thread = thread
+        self.options = options
+        self.logger = logger
+        limits = ProtocolLimits(maxFragment: options.maxFragmentSize)
+        connectWaiters = Waiters(thread: thread)
+        registration = thread.register(socket.socket, onReadable: { [unowned self] in self.readAll() })
+        socket.onStateChange = { [unowned self] state in self.stateChanged(state) }
+        thread.schedule(after: options.heartbeatInterval, every: options.heartbeatInterval) { [unowned self] in self.heartbeat() }
+    }
+
+    private var connectionFailure: SecureMQError? {
+        switch client.state {
+        case .failed(let error): return error
+        case .closed: return SecureMQError(.closed, "the client is closed")
+        default: return nil
+        }
+    }
+
+    private func stateChanged(_ state: CurveClientSocket.State) {
+        switch state {
+        case .connected:
+            while connectWaiters.resumeFirst(true) {}
+        case .failed(let error):
+            failAll(error)
+        case .closed:
+            failAll(SecureMQError(.closed, "the client is closed"))
+        case .connecting:
+            break
+        }
+    }
+
+    func waitConnected(id: Int, _ continuation: Waiters<Bool>.Continuation) {
+        if let failure = connectionFailure { return continuation.resume(returning: .failure(failure)) }
+        if client.isConnected { return continuation.resume(returning: .success(true)) }
+        connectWaiters.add(id: id, continuation, timeout: nil) { SecureMQError(.timedOut, "connect timed out") }
+    }
+
+    // MARK: jobs
+
+    func startJob(_ payload: Payload, service: String, fragmentSize: Int) throws(SecureMQError) -> ClientJob {
+        if let failure = connectionFailure { throw failure }
+        let name: ServiceName
+        do { name = try ServiceName(validating: service) } catch {
+            throw SecureMQError(.invalidConfiguration, "'\(service)' is not a valid service name: 1–255 bytes of A-Z a-z 0-9 . _ -")
+        }
+        let reader = try PayloadReader(payload)
+        let job: ClientJob
+        do {
+            job = try ClientJob(jobID: JobID.random(), service: name, reader: reader, fragmentSize: fragmentSize,
+                                window: options.window, limits: limits, thread: thread)
+        } catch {
+            throw SecureMQError(.invalidConfiguration, "cannot split the payload: \(error)")
+        }
+        jobs[job.jobID] = job
+        pump(job)
+        return job
+    }
+
+    /// Sends fragments while the job's window has room.
+    private func pump(_ job: ClientJob) {
+        while job.failure == nil, job.nextIndex < job.count, Int(job.nextIndex - job.handed) < options.window {
+            let index = job.nextIndex
+            let message: ZMQMessage
+            do { message = try makeSubmit(job, index: index) } catch {
+                fail(job, error)
+                return
+            }
+            job.outstanding[index] = message
+            send(copyOf: message)
+        }
+    }
+
+    /// Builds SUBMIT `index` in a message of its own: the body is read straight into it.
+    private func makeSubmit(_ job: ClientJob, index: UInt32) throws(SecureMQError) -> ZMQMessage {
+        let offset = Int(index) * job.fragmentSize
+        let length = min(job.fragmentSize, job.reader.length - offset)
+        let size = Fragment.encodedSize(serviceLength: job.service.byteCount, bodyLength: length)
+        let message = ZMQMessage(size: size)
+        let buffer = message.mutableBytes
+        let bodyOffset = Fragment.bodyOffset(serviceLength: job.service.byteCount)
+        let body = UnsafeMutableRawBufferPointer(rebasing: buffer[bodyOffset..<bodyOffset + length])
+        try job.reader.read(at: offset, into: body)
+        let header: FragmentHeader
+        do { header = try job.fragmenter.header(forNextBody: UnsafeRawBufferPointer(body)) } catch {
+            throw SecureMQError(.integrity, "fragment \(index): \(error)")
+        }
+        Fragment.write(into: buffer, command: .submit, tag: 0, service: job.service, header: header)
+        return message
+    }
+
+    /// Sends a kept message; zmq_msg_copy shares the buffer, so nothing is copied.
+    private func send(copyOf message: ZMQMessage) {
+        let outgoing = ZMQMessage()
+        outgoing.copy(from: message)
+        // A full send queue (HWM) keeps the fragment outstanding; the broker never saw it, and
+        // a resend on reconnect or BUSY covers it.
+        _ = try? client.socket.send(outgoing)
+    }
+
+    func next(_ job: ClientJob, id: Int, _ continuation: Waiters<JobResult?>.Continuation) {
+        if let result = job.ready.popFirst() {
+            handOver(job, result, continuation)
+            return
+        }
+        if let failure = job.failure { return continuation.resume(returning: .failure(failure)) }
+        if job.isFinished { return continuation.resume(returning: .success(nil)) }
+        job.consumers.add(id: id, continuation, timeout: nil) { SecureMQError(.timedOut, "no result in time") }
+    }
+
+    private func handOver(_ job: ClientJob, _ result: JobResult, _ continuation: Waiters<JobResult?>.Continuation) {
+        job.handed += 1
+        if job.isFinished { finish(job) }
+        continuation.resume(returning: .success(result))
+        pump(job)
+    }
+
+    private func deliverReady(_ job: ClientJob) {
+        while !job.consumers.isEmpty, let result = job.ready.popFirst() {
+            job.handed += 1
+            if job.isFinished { finish(job) }
+            job.consumers.resumeFirst(result)
+        }
+        if job.isFinished { while job.consumers.resumeFirst(nil) {} }
+        pump(job)
+    }
+
+    private func finish(_ job: ClientJob) {
+        guard job.finishedAt == nil else { return }
+        job.finishedAt = SocketThread.now()
+        job.stats.payloadDigest = job.fragmenter.jobDigest?.description ?? ""
+        job.stats.resultDigest = job.gatherer.jobDigest?.description ?? ""
+        jobs[job.jobID] = nil
+    }
+
+    func cancel(_ job: ClientJob) {
+        guard job.failure == nil, !job.isFinished else { return }
+        _ = try? client.socket.send(ControlMessage.cancel(jobID: job.jobID).encoded())
+        fail(job, SecureMQError(.jobFailed, "the job was cancelled", status: FailureCode.cancelled.rawValue))
+    }
+
+    private func fail(_ job: ClientJob, _ error: SecureMQError) {
+        guard job.failure == nil else { return }
+        job.failure = error
+        job.outstanding.removeAll()
+        job.ready.removeAll()
+        job.finishedAt = SocketThread.now()
+        jobs[job.jobID] = nil
+        job.consumers.failAll(error)
+    }
+
+    private func failAll(_ error: SecureMQError) {
+        connectWaiters.failAll(error)
+        for job in Array(jobs.values) { fail(job, error) }
+    }
+
+    // MARK: receiving
+
+    private func heartbeat() {
+        guard client.isConnected, !jobs.isEmpty else { return }
+        _ = try? client.socket.send(Wire.ping())
+    }
+
+    private func readAll() {
+        for _ in 0..<1024 {
+            do {
+                guard try client.socket.receive(into: received) else { return }
+            } catch {
+                return
+            }
+            if received.hasMore {
+                while (try? client.socket.receive(into: received)) == true && received.hasMore {}
+                logger.warning("dropped a multipart message from the broker")
+                continue
+            }
+            handle(received.bytes)
+        }
+    }
+
+    private func handle(_ bytes: UnsafeRawBufferPointer) {
+        let message: Message
+        do throws(ProtocolError) {
+            message = try Message.parse(bytes, limits: limits)
+        } catch {
+            logger.warning("dropped a malformed message from the broker", metadata: ["reason": "\(error)"])
+            if let jobID = error.jobID, error.command == .result, let job = jobs[jobID] {
+                fail(job, SecureMQError(.integrity, "a result of job \(jobID) was malformed: \(error)"))
+            }
+            return
+        }
+        switch message {
+        case .result(let fragment):
+            guard let job = jobs[fragment.header.jobID] else { return } // late result of an ended job
+            accept(fragment, for: job)
+        case .failed(let jobID, let index, let code, let reason):
+            guard let job = jobs[jobID] else { return }
+            let which = index == Message.wholeJobIndex ? "the job" : "fragment \(index)"
+            fail(job, SecureMQError(.jobFailed, "\(which) failed with \(code.rawValue) \(code.name ?? ""): \(reason.string)",
+                                    status: code.rawValue, fragmentIndex: index == Message.wholeJobIndex ? nil : index))
+        case .busy(let jobID, let index, let retryAfter):
+            guard let job = jobs[jobID], job.outstanding[index] != nil else { return }
+            job.stats.busyResends += 1
+            thread.schedule(after: .milliseconds(Int(max(1, retryAfter)))) { [weak self, weak job] in
+                guard let self, let job, job.failure == nil, let kept = job.outstanding[index] else { return }
+                self.send(copyOf: kept)
+            }
+        case .pong, .heartbeat:
+            break
+        case .disconnect(let reason):
+            logger.warning("the broker sent this client away", metadata: ["reason": "\(reason.string)"])
+            failAll(SecureMQError(.disconnected, "the broker disconnected this client: \(reason.string)"))
+            client.close()
+        default:
+            logger.warning("dropped an unexpected message from the broker", metadata: ["command": "\(message.command)"])
+        }
+    }
+
+    private func accept(_ fragment: FragmentView, for job: ClientJob) {
+        let index = fragment.header.index
+        let outcome: Gatherer.Outcome
+        do throws(PipelineError) {
+            outcome = try job.gatherer.accept(header: fragment.header, body: fragment.body)
+        } catch {
+            _ = try? client.socket.send(ControlMessage.cancel(jobID: job.jobID).encoded())
+            fail(job, SecureMQError(.integrity, "job \(job.jobID): \(error)", fragmentIndex: error.index))
+            return
+        }
+        switch outcome {
+        case .duplicate:
+            job.stats.duplicates += 1
+            return
+        case .held:
+            job.heldTags[index] = fragment.tag
+        case .deliverNow:
+            append(job, index: index, body: fragment.body, tag: fragment.tag)
+            while job.gatherer.deliverNextHeld({ next, body in
+                append(job, index: next, body: body, tag: job.heldTags.removeValue(forKey: next) ?? 0)
+            }) {}
+        }
+        job.outstanding[index] = nil
+        job.stats.perWorker[fragment.tag, default: 0] += 1
+        deliverReady(job)
+    }
+
+    private func append(_ job: ClientJob, index: UInt32, body: UnsafeRawBufferPointer, tag: UInt64) {
+        job.stats.resultBytes += body.count
+        job.ready.append(JobResult(index: Int(index), body: Array(body), workerTag: tag))
+    }
+
+    func close() {
+        client.close()
+        failAll(SecureMQError(.closed, "the client is closed"))
+    }
+}

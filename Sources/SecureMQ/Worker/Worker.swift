@@ -1,0 +1,154 @@
+public import Logging
+import SMQProtocol
+
+/// One fragment for a worker's handler.
+public struct WorkItem: Sendable {
+    /// The job's id (hex) and the fragment's place in it.
+    public let jobID: String
+    public let index: Int
+    public let count: Int
+    /// The fragment's byte offset in the client's payload.
+    public let offset: Int
+    /// The service the fragment was submitted to.
+    public let service: String
+    /// The fragment's bytes, already checked against their SHA-256.
+    public let body: [UInt8]
+}
+
+/// Thrown by a handler to refuse a fragment with a code and a reason the client will see.
+public struct WorkRejection: Error, Sendable {
+    /// A 4xx code is passed to the client as is; anything else becomes 520.
+    public var code: UInt16
+    /// A retryable rejection sends the fragment to another delivery (charged against max-deliveries).
+    public var retryable: Bool
+    public var reason: String
+
+    public init(code: UInt16 = 520, retryable: Bool = false, reason: String) {
+        self.code = code
+        self.retryable = retryable
+        self.reason = reason
+    }
+}
+
+/// A SecureMQ worker: joins one service at the broker and runs a handler for each fragment,
+/// up to its credit at once. Heartbeats come from its socket thread, so a slow handler never
+/// looks dead.
+///
+/// ```swift
+/// let worker = try await Worker.connect(to: "tcp://127.0.0.1:5555", brokerKey: brokerKey,
+///                                       keyPair: myKeys, service: "upper")
+/// try await worker.run { item in item.body.map { ($0 >= 97 && $0 <= 122) ? $0 - 32 : $0 } }
+/// ```
+public final class Worker: Sendable {
+    public struct Options: Sendable {
+        /// Fragments this worker holds at once (the broker caps it at weight × base window).
+        public var credit: Int = 8
+        /// Heartbeat interval announced in READY; the broker expects one at least this often.
+        public var heartbeatInterval: Duration = .milliseconds(2500)
+        /// Intervals of broker silence after which the broker counts as gone.
+        public var liveness: Int = 3
+        /// The largest fragment accepted (and result sent).
+        public var maxFragmentSize: Int = 1 << 20
+        public var connection = ConnectionOptions()
+
+        public init() {}
+    }
+
+    private let thread: SocketThread
+    private nonisolated(unsafe) let engine: WorkerEngine
+    public let service: String
+
+    private init(thread: SocketThread, engine: WorkerEngine, service: String) {
+        self.thread = thread
+        self.engine = engine
+        self.service = service
+    }
+
+    deinit {
+        thread.requestStop()
+    }
+
+    /// Connects to the broker, waits for the CURVE handshake and announces the service.
+    /// - Parameters:
+    ///   - service: the service to serve: 1–255 bytes of `[A-Za-z0-9._-]`.
+    /// - Throws: ``SecureMQError``: `.rejectedByServer`, `.handshakeFailed`, `.unreachable`, `.invalidConfiguration`.
+    public static func connect(
+        to endpoint: String, brokerKey: PublicKey, keyPair: KeyPair, service: String, options: Options = Options(),
+        context: SecureContext = .shared, logger: Logger = Logger(label: "securemq.worker")
+    ) async throws(SecureMQError) -> Worker {
+        let serviceName: ServiceName
+        do { serviceName = try ServiceName(validating: service) } catch {
+            throw SecureMQError(.invalidConfiguration, "'\(service)' is not a valid service name: 1–255 bytes of A-Z a-z 0-9 . _ -")
+        }
+        guard options.credit >= 1 else { throw SecureMQError(.invalidConfiguration, "credit must be at least 1") }
+        guard options.heartbeatInterval >= .milliseconds(100) && options.heartbeatInterval <= .seconds(60) else {
+            throw SecureMQError(.invalidConfiguration, "the heartbeat interval must be 100 ms…60 s")
+        }
+        var connectionOptions = options.connection
+        connectionOptions.maxMessageSize = Wire.maxMessageSize(forFragment: options.maxFragmentSize)
+        let thread = try SocketThread(name: "securemq-worker")
+        let engine: WorkerEngine
+        do {
+            engine = try thread.runAndWait { () throws(SecureMQError) in
+                let socket = try CurveClientSocket(context: context, thread: thread, endpoint: endpoint, serverKey: brokerKey,
+                                                   keyPair: keyPair, options: connectionOptions, logger: logger)
+                let engine = WorkerEngine(socket: socket, thread: thread, service: serviceName, options: options, logger: logger)
+                thread.onStop { engine.close() }
+                return engine
+            }
+        } catch {
+            thread.requestStop()
+            throw error
+        }
+        let worker = Worker(thread: thread, engine: engine, service: service)
+        let box = UncheckedBox(engine)
+        let _: Bool = try await thread.wait(register: { id, continuation in
+            box.value.waitConnected(id: id, continuation)
+        }, cancel: { id in box.value.connectWaiters.cancel(id: id) })
+        return worker
+    }
+
+    /// Serves fragments until the worker is closed or the broker sends it away.
+    ///
+    /// The handler runs for up to `credit` fragments at once. What it returns goes back as the
+    /// fragment's result; a ``WorkRejection`` it throws becomes a REJECT with that code, any other
+    /// error a non-retryable REJECT 520 with the error's description.
+    /// - Throws: ``SecureMQError`` `.disconnected` when the broker sent this worker away, or the
+    ///   connection's failure.
+    public func run(_ handler: @escaping @Sendable (WorkItem) async throws -> [UInt8]) async throws(SecureMQError) {
+        let box = UncheckedBox(engine)
+        let thread = self.thread
+        let stream = try await thread.run { () throws(SecureMQError) in box.value.start() }
+        await withTaskGroup(of: Void.self) { group in
+            for await item in stream {
+                group.addTask {
+                    let outcome: Result<[UInt8], WorkRejection>
+                    do {
+                        outcome = .success(try await handler(item.work))
+                    } catch let rejection as WorkRejection {
+                        outcome = .failure(rejection)
+                    } catch {
+                        outcome = .failure(WorkRejection(code: 520, retryable: false, reason: "\(error)"))
+                    }
+                    let result = UncheckedBox(outcome)
+                    thread.execute { box.value.finish(item, result.value) }
+                }
+            }
+        }
+        let ending = try? await thread.run { () throws(SecureMQError) in box.value.endReason }
+        if let failure = ending ?? nil { throw failure }
+    }
+
+    /// Fragments this worker has answered (results and rejections).
+    public func processed() async -> Int {
+        let box = UncheckedBox(engine)
+        return (try? await thread.run { () throws(SecureMQError) in box.value.processed }) ?? 0
+    }
+
+    /// Leaves the service (DISCONNECT) and closes; `run` returns once running handlers finish.
+    public func close() async {
+        let box = UncheckedBox(engine)
+        _ = try? await thread.run { () throws(SecureMQError) in box.value.leave() }
+        await thread.shutdown()
+    }
+}

@@ -1,0 +1,199 @@
+import Logging
+import SMQProtocol
+
+/// The owner-thread side of a ``Worker``.
+final class WorkerEngine {
+    struct Pending: Sendable {
+        let work: WorkItem
+        let delivery: UInt64
+        let jobID: JobID
+        let index: UInt32
+        let count: UInt32
+    }
+
+    let client: CurveClientSocket
+    let connectWaiters: Waiters<Bool>
+    let service: ServiceName
+    let options: Worker.Options
+    let logger: Logger
+    private let thread: SocketThread
+    private let limits: ProtocolLimits
+    private var registration: SocketThread.Registration?
+    private var continuation: AsyncStream<Pending>.Continuation?
+    private var backlog: [Pending] = []
+    private(set) var endReason: SecureMQError?
+    private(set) var processed = 0
+    private var lastHeard: UInt64
+    private var brokerSilent = false
+    private var received = ZMQMessage()
+
+    init(socket: CurveClientSocket, thread: SocketThread, service: ServiceName, options: Worker.Options, logger: Logger) {
+        client = socket
+        self.thread = thread
+        self.service = service
+        self.options = options
+        self.logger = logger
+        limits = ProtocolLimits(maxFragment: options.maxFragmentSize)
+        connectWaiters = Waiters(thread: thread)
+        lastHeard = SocketThread.now()
+        registration = thread.register(socket.socket, onReadable: { [unowned self] in self.readAll() })
+        socket.onStateChange = { [unowned self] state in self.stateChanged(state) }
+        thread.schedule(after: options.heartbeatInterval, every: options.heartbeatInterval) { [unowned self] in self.heartbeat() }
+    }
+
+    private func stateChanged(_ state: CurveClientSocket.State) {
+        switch state {
+        case .connected:
+            // First connection, or libzmq reconnected (a new connection to the broker): announce
+            // the service again; the broker knows connections, not workers.
+            lastHeard = SocketThread.now()
+            sendReady()
+            while connectWaiters.resumeFirst(true) {}
+        case .failed(let error):
+            end(error)
+        case .closed:
+            end(nil)
+        case .connecting:
+            break
+        }
+    }
+
+    func waitConnected(id: Int, _ continuation: Waiters<Bool>.Continuation) {
+        switch client.state {
+        case .failed(let error): return continuation.resume(returning: .failure(error))
+        case .closed: return continuation.resume(returning: .failure(SecureMQError(.closed, "the worker is closed")))
+        case .connected: return continuation.resume(returning: .success(true))
+        case .connecting: connectWaiters.add(id: id, continuation, timeout: nil) { SecureMQError(.timedOut, "connect timed out") }
+        }
+    }
+
+    func start() -> AsyncStream<Pending> {
+        let (stream, continuation) = AsyncStream<Pending>.makeStream()
+        // A second run() takes over; the first one's stream ends.
+        self.continuation?.finish()
+        self.continuation = continuation
+        for item in backlog { continuation.yield(item) }
+        backlog.removeAll()
+        if endReason != nil || !client.socket.isOpen { continuation.finish() }
+        return stream
+    }
+
+    private func sendReady() {
+        let ready = ControlMessage.ready(credit: UInt32(options.credit), heartbeatMilliseconds: UInt32(options.heartbeatInterval.milliseconds),
+                                         service: service)
+        _ = try? client.socket.send(ready.encoded())
+        logger.info("ready", metadata: ["service": "\(service)", "credit": "\(options.credit)"])
+    }
+
+    private func heartbeat() {
+        guard client.isConnected else { return }
+        _ = try? client.socket.send(Wire.heartbeat())
+        let silence = SocketThread.now() &- lastHeard
+        let limit = options.heartbeatInterval.nanoseconds &* UInt64(options.liveness)
+        if silence > limit && !brokerSilent {
+            brokerSilent = true
+            logger.warning("broker silent; waiting for it to come back", metadata: ["endpoint": "\(client.endpoint)"])
+        }
+    }
+
+    private func readAll() {
+        for _ in 0..<1024 {
+            do {
+                guard try client.socket.receive(into: received) else { return }
+            } catch {
+                return
+            }
+            lastHeard = SocketThread.now()
+            brokerSilent = false
+            if received.hasMore {
+                while (try? client.socket.receive(into: received)) == true && received.hasMore {}
+                logger.warning("dropped a multipart message from the broker")
+                continue
+            }
+            handle(received)
+            received = ZMQMessage()
+        }
+    }
+
+    private func handle(_ message: ZMQMessage) {
+        let parsed: Message
+        do throws(ProtocolError) {
+            parsed = try Message.parse(message.bytes, limits: limits)
+        } catch {
+            logger.warning("dropped a malformed message from the broker", metadata: ["reason": "\(error)"])
+            if let delivery = error.tag, error.command == .work {
+                reject(delivery, code: error.failureCode ?? .malformed, retryable: false, reason: error.description)
+            }
+            return
+        }
+        switch parsed {
+        case .work(let fragment):
+            let header = fragment.header
+            guard SHA256.hash(fragment.body) == header.digest else {
+                reject(fragment.tag, code: .malformed, retryable: false, reason: "fragment \(header.index) failed its SHA-256 check")
+                return
+            }
+            let work = WorkItem(jobID: header.jobID.description, index: Int(header.index), count: Int(header.count),
+                                offset: Int(header.offset), service: fragment.service.description, body: Array(fragment.body))
+            let pending = Pending(work: work, delivery: fragment.tag, jobID: header.jobID, index: header.index, count: header.count)
+            if let continuation { continuation.yield(pending) } else { backlog.append(pending) }
+        case .heartbeat:
+            break
+        case .disconnect(let reason):
+            logger.warning("the broker sent this worker away", metadata: ["reason": "\(reason.string)"])
+            end(SecureMQError(.disconnected, "the broker disconnected this worker: \(reason.string)"))
+            client.close()
+        default:
+            logger.warning("dropped an unexpected message from the broker", metadata: ["command": "\(parsed.command)"])
+        }
+    }
+
+    /// Sends a handler's outcome: DONE with the result, or REJECT.
+    func finish(_ item: Pending, _ outcome: Result<[UInt8], WorkRejection>) {
+        processed += 1
+        guard client.socket.isOpen else { return }
+        switch outcome {
+        case .success(let body):
+            guard body.count <= options.maxFragmentSize else {
+                reject(item.delivery, code: .tooLarge, retryable: false,
+                       reason: "result of \(body.count) bytes exceeds max-fragment \(options.maxFragmentSize)")
+                return
+            }
+            let header = body.withUnsafeBytes { bytes in
+                FragmentHeader(jobID: item.jobID, index: item.index, count: item.count, length: UInt32(bytes.count), digest: SHA256.hash(bytes))
+            }
+            let size = Fragment.encodedSize(serviceLength: service.byteCount, bodyLength: body.count)
+            let message = ZMQMessage(size: size)
+            let buffer = message.mutableBytes
+            let bodyOffset = Fragment.write(into: buffer, command: .done, tag: item.delivery, service: service, header: header)
+            body.withUnsafeBytes { buffer.baseAddress!.advanced(by: bodyOffset).copyMemory(from: $0.baseAddress ?? UnsafeRawPointer(buffer.baseAddress!), byteCount: $0.count) }
+            _ = try? client.socket.send(message)
+        case .failure(let rejection):
+            reject(item.delivery, code: FailureCode(rawValue: rejection.code), retryable: rejection.retryable, reason: rejection.reason)
+        }
+    }
+
+    private func reject(_ delivery: UInt64, code: FailureCode, retryable: Bool, reason: String) {
+        let message = ControlMessage.reject(deliveryID: delivery, code: code, retryable: retryable, reason: Reason.truncated(reason))
+        _ = try? client.socket.send(message.encoded())
+    }
+
+    /// Tells the broker we leave, so it requeues what we hold at once.
+    func leave() {
+        guard client.isConnected else { return }
+        _ = try? client.socket.send(Wire.disconnect(reason: "worker closing"))
+    }
+
+    private func end(_ reason: SecureMQError?) {
+        if endReason == nil { endReason = reason }
+        connectWaiters.failAll(reason ?? SecureMQError(.closed, "the worker is closed"))
+        if let registration { thread.unregister(registration) }
+        registration = nil
+        continuation?.finish()
+    }
+
+    func close() {
+        client.close()
+        end(nil)
+    }
+}

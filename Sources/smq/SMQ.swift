@@ -1,0 +1,85 @@
+import ArgumentParser
+import Foundation
+import Logging
+import SecureMQ
+
+@main
+struct SMQ: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "smq",
+        abstract: "SecureMQ's client and worker tool: run a worker, submit a payload, run the demo.",
+        subcommands: [WorkerCommand.self, SubmitCommand.self, DemoCommand.self]
+    )
+}
+
+/// Where to find the broker and who we are: shared by `worker` and `submit`.
+struct PeerOptions: ParsableArguments {
+    @Option(help: "The broker's endpoint.")
+    var broker: String = "tcp://127.0.0.1:5555"
+
+    @Option(help: "The broker's public certificate.")
+    var brokerKey: String = "certs/broker.key"
+
+    @Option(help: "Our secret certificate (mode 0600); its public key must be on the broker's allowlist.")
+    var cert: String
+
+    @Option(help: "Seconds to wait for the broker before giving up.")
+    var connectTimeout: Double = 10
+
+    @Option(help: "Log level: trace, debug, info, notice, warning, error.")
+    var logLevel: String = "warning"
+
+    func validate() throws {
+        guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("--log-level must be trace, debug, info, notice, warning or error") }
+        guard connectTimeout > 0 else { throw ValidationError("--connect-timeout must be positive") }
+    }
+
+    func load() throws -> (brokerKey: PublicKey, keyPair: KeyPair, logger: Logger) {
+        let level = Logger.Level(rawValue: logLevel) ?? .warning
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        do {
+            let broker = try Certificate.load(path: brokerKey)
+            let mine = try Certificate.load(path: cert)
+            return (broker.publicKey, try mine.keyPair(), Logger(label: "smq"))
+        } catch {
+            fail("\(error)")
+        }
+    }
+
+    var connectionOptions: ConnectionOptions {
+        var options = ConnectionOptions()
+        options.connectTimeout = .milliseconds(Int(connectTimeout * 1000))
+        return options
+    }
+}
+
+/// Prints `Error: …` to stderr and exits 1: user mistakes get a sentence, not a stack trace.
+func fail(_ message: String) -> Never {
+    FileHandle.standardError.write(Data("Error: \(message)\n".utf8))
+    exit(1)
+}
+
+enum ByteSize {
+    static func parse(_ text: String, option: String) throws -> Int {
+        let units: [Character: Int] = ["K": 1 << 10, "M": 1 << 20, "G": 1 << 30]
+        var digits = text.uppercased()
+        if digits.hasSuffix("IB") { digits.removeLast(2) } else if digits.hasSuffix("B") { digits.removeLast() }
+        var scale = 1
+        if let last = digits.last, let unit = units[last] { scale = unit; digits.removeLast() }
+        guard let value = Int(digits), value > 0 else {
+            throw ValidationError("\(option) must be a positive size such as 65536, 256K or 1M; got '\(text)'")
+        }
+        return value * scale
+    }
+
+    static func format(_ bytes: Int) -> String {
+        if bytes >= 1 << 30 { return String(format: "%.2f GiB", Double(bytes) / Double(1 << 30)) }
+        if bytes >= 1 << 20 { return String(format: "%.1f MiB", Double(bytes) / Double(1 << 20)) }
+        if bytes >= 1 << 10 { return String(format: "%.1f KiB", Double(bytes) / Double(1 << 10)) }
+        return "\(bytes) B"
+    }
+}

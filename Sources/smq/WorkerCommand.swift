@@ -1,0 +1,109 @@
+import ArgumentParser
+import Foundation
+import SecureMQ
+
+struct WorkerCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "worker",
+        abstract: "Serve a built-in service (echo, sha256, upper) at the broker until stopped."
+    )
+
+    @OptionGroup var peer: PeerOptions
+
+    @Option(help: "The service to join.")
+    var service: String = "sha256"
+
+    @Option(help: "The built-in handler: echo, sha256 or upper (default: the service's name).")
+    var handler: String?
+
+    @Option(help: "Fragments held at once (the broker caps it at weight × base window).")
+    var credit: Int = 8
+
+    @Option(help: "Milliseconds to sleep per fragment, to play a slower machine.")
+    var delayMs: Int = 0
+
+    @Option(help: "Heartbeat interval in milliseconds.")
+    var heartbeatMs: Int = 2500
+
+    @Option(help: "Testing aid: exit abruptly (as a crash) when given the fragment with this index.")
+    var crashOnIndex: Int?
+
+    func validate() throws {
+        guard BuiltinService(rawValue: handler ?? service) != nil else {
+            throw ValidationError("no built-in handler '\(handler ?? service)': use --handler echo, sha256 or upper")
+        }
+        guard credit >= 1 else { throw ValidationError("--credit must be at least 1") }
+        guard delayMs >= 0 else { throw ValidationError("--delay-ms must not be negative") }
+    }
+
+    func run() async throws {
+        let (brokerKey, keyPair, logger) = try peer.load()
+        let builtin = BuiltinService(rawValue: handler ?? service)!
+        var options = Worker.Options()
+        options.credit = credit
+        options.heartbeatInterval = .milliseconds(heartbeatMs)
+        options.connection = peer.connectionOptions
+        let worker: Worker
+        do {
+            worker = try await Worker.connect(to: peer.broker, brokerKey: brokerKey, keyPair: keyPair, service: service,
+                                              options: options, logger: logger)
+        } catch {
+            fail(error.message)
+        }
+        print("worker \(keyPair.publicKey.fingerprint) ready: service \(service), credit \(credit)")
+        fflush(stdout)
+        let delay = delayMs
+        let crashIndex = crashOnIndex
+        // SIGTERM/SIGINT: leave the service (the broker requeues at once), then exit.
+        let stop = Task {
+            await waitForTerminationSignal()
+            await worker.close()
+        }
+        do {
+            try await worker.run { item in
+                if let crashIndex, item.index == crashIndex { exit(70) }
+                if delay > 0 { try await Task.sleep(for: .milliseconds(delay)) }
+                return builtin.handle(item.body)
+            }
+        } catch {
+            fail(error.message)
+        }
+        stop.cancel()
+    }
+}
+
+/// Suspends until SIGTERM or SIGINT arrives.
+func waitForTerminationSignal() async {
+    signal(SIGTERM, SIG_IGN)
+    signal(SIGINT, SIG_IGN)
+    await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+        let once = OnceFlag()
+        var sources: [any DispatchSourceSignal] = []
+        for number in [SIGTERM, SIGINT] {
+            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
+            source.setEventHandler {
+                if once.claim() { continuation.resume() }
+            }
+            source.resume()
+            sources.append(source)
+        }
+        SignalSources.keep(sources)
+    }
+}
+
+final class OnceFlag: @unchecked Sendable {
+    private let lock = NSLock()
+    private var done = false
+    func claim() -> Bool {
+        lock.lock(); defer { lock.unlock() }
+        if done { return false }
+        done = true
+        return true
+    }
+}
+
+/// Signal sources must stay alive for the process's life.
+enum SignalSources {
+    nonisolated(unsafe) static var kept: [any DispatchSourceSignal] = []
+    static func keep(_ sources: [any DispatchSourceSignal]) { kept.append(contentsOf: sources) }
+}
