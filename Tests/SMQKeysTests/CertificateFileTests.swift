@@ -101,6 +101,7 @@ import Testing
             Rejection(label: "second curve section", text: file() + "curve\n", secretFile: false, code: .syntax, line: 5),
             Rejection(label: "second public-key", text: file() + "    public-key = \"\(pub)\"\n", secretFile: false, code: .syntax, line: 5),
             Rejection(label: "name starting with a symbol", text: file(["    =x"]), secretFile: false, code: .syntax, line: 3),
+            Rejection(label: "'#' inside an unquoted value", text: file(["    note = a#b"]), secretFile: false, code: .syntax, line: 3),
             Rejection(label: "control character", text: file(["    role = \"a\u{01}b\""]), secretFile: false, code: .syntax, line: 3),
         ]
     }()

@@ -133,7 +133,9 @@ extension Certificate {
             do {
                 secret = try SecretKey(z85: secretText.text)
             } catch {
-                throw fail(.invalidKey, secretText.line, "secret-key: \(keyMessage(error))")
+                // Z85 messages quote the offending character; none of a secret goes into an error.
+                let message = error.code == .badEncoding ? "the secret-key is not valid Z85" : keyMessage(error)
+                throw fail(.invalidKey, secretText.line, "secret-key: \(message)")
             }
             let derived: PublicKey
             do {

@@ -121,12 +121,17 @@ enum ZPL {
             }
             let after = skipBlanks(line, from: close + 1)
             guard after == line.endIndex || line[after] == hash else {
-                throw fail("unexpected text after the quoted value of '\(name)': \(text(line[after...]))")
+                // Not quoted back: on a secret-key line it could be part of the secret.
+                throw fail("unexpected text after the quoted value of '\(name)' (only a # comment may follow)")
             }
             return Line(number: number, level: level, name: name, value: text(line[valueStart..<close]))
         }
-        // A bare value runs to a comment; trailing blanks are not part of it.
+        // A bare value runs to a comment; trailing blanks are not part of it. A '#' glued to the
+        // value (`a#b`) is ambiguous: CZMQ cuts the value there without a word, we ask for quotes.
         var valueEnd = line[index...].firstIndex(of: hash) ?? line.endIndex
+        if valueEnd < line.endIndex && line[valueEnd - 1] != space && line[valueEnd - 1] != tab {
+            throw fail("the unquoted value of '\(name)' contains '#', which ZPL reads as the start of a comment: put the value in double quotes, or a space before a comment")
+        }
         while valueEnd > index && (line[valueEnd - 1] == space || line[valueEnd - 1] == tab) { valueEnd -= 1 }
         return Line(number: number, level: level, name: name, value: text(line[index..<valueEnd]))
     }
