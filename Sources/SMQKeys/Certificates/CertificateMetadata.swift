@@ -101,7 +101,11 @@ public struct CertificateMetadata: Sendable, Hashable, Sequence, ExpressibleByDi
     }
 
     private static func shown(_ scalar: Unicode.Scalar) -> String {
-        scalar.value >= 0x21 && scalar.value < 0x7F ? "'\(scalar)'" : "U+\(String(scalar.value, radix: 16, uppercase: true))"
+        switch scalar.value {
+        case 0x20: "a space"
+        case 0x21..<0x7F: "'\(scalar)'"
+        default: "U+\(String(scalar.value, radix: 16, uppercase: true))"
+        }
     }
 
     /// `[name: "value", …]`.
