@@ -120,6 +120,11 @@ import Testing
         #expect(!error.description.contains(Self.key.secretKey.z85Text))
     }
 
+    @Test func byteOrderMarkIsSkipped() throws {
+        let bytes = [0xEF, 0xBB, 0xBF] + Array("metadata\n    role = \"worker\"\ncurve\n    public-key = \"\(pair.publicKey.z85)\"\n".utf8)
+        #expect(try Certificate.parse(bytes, path: nil, secretFile: false).metadata["role"] == "worker")
+    }
+
     @Test func invalidUTF8IsRejectedWithItsLine() throws {
         var bytes = Array("metadata\n    name = \"".utf8)
         bytes += [0xC3, 0x28]

@@ -4,6 +4,8 @@
 /// value is written double-quoted, so it can hold `#`, `'` and spaces). The non-throwing
 /// initialiser and the subscript accept anything; ``Certificate/save(directory:name:overwrite:)``
 /// and ``init(validating:)`` refuse what cannot be written and read back by pyzmq and CZMQ.
+///
+/// Two values are equal when they hold the same pairs in the same order.
 public struct CertificateMetadata: Sendable, Hashable, Sequence, ExpressibleByDictionaryLiteral, CustomStringConvertible {
     private struct Pair: Hashable, Sendable {
         var name: String

@@ -46,7 +46,8 @@ enum ZPL {
         var document = Document()
         var lineNumber = 0
         var deepestAllowed = 0
-        var start = 0
+        // A UTF-8 byte order mark, as some editors write, is not part of the first name.
+        var start = bytes.starts(with: [0xEF, 0xBB, 0xBF]) ? 3 : 0
         while start < bytes.count {
             // RFC 4: LF, CR and CR LF all end a line.
             var end = start

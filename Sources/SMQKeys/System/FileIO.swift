@@ -22,7 +22,9 @@ enum FileIO {
     static func read(path: String, limit: Int = maximumCertificateSize) throws(CertificateError) -> Contents {
         let fd: Int32
         do {
-            fd = try systemCall("open") { open(path, O_RDONLY | O_CLOEXEC) }
+            // O_NONBLOCK: a FIFO dropped into a certificate directory must not hang the reader;
+            // it is refused by the fstat check below. (No effect on regular files.)
+            fd = try systemCall("open") { open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK) }
         } catch {
             throw error.certificateError(path: path, doing: "cannot open")
         }
