@@ -19,7 +19,8 @@ extension Keygen {
         @Argument(help: "A secret certificate file (NAME.key_secret, or NAME_secret from CZMQ).")
         var file: String?
 
-        @Option(help: ArgumentHelp("The secret key as 40 Z85 characters, or - to read it from standard input.", valueName: "z85"))
+        // Unconditional: a Z85 key may start with '-', which would otherwise read as an option.
+        @Option(parsing: .unconditional, help: ArgumentHelp("The secret key as 40 Z85 characters, or - to read it from standard input.", valueName: "z85"))
         var secret: String?
 
         @Flag(help: "Print JSON for scripts.")

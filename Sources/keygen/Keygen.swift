@@ -22,6 +22,35 @@ struct Keygen: ParsableCommand {
             """,
         subcommands: [New.self, Inspect.self, Derive.self, Check.self]
     )
+
+    /// Options whose values may start with '-': Z85 keys can (`-=v7L…`), and ArgumentParser
+    /// rejects an argument like `-=…` as an unknown option before any option sees it.
+    static let valueOptions: Set<String> = ["--secret", "--meta"]
+
+    static func main() {
+        main(joiningValues(Array(CommandLine.arguments.dropFirst())))
+    }
+
+    /// Rewrites `--secret VALUE` as `--secret=VALUE`, which ArgumentParser reads whatever VALUE is.
+    static func joiningValues(_ arguments: [String]) -> [String] {
+        var result: [String] = []
+        var index = arguments.startIndex
+        while index < arguments.endIndex {
+            let argument = arguments[index]
+            if argument == "--" {
+                result += arguments[index...]
+                break
+            }
+            if valueOptions.contains(argument), index + 1 < arguments.endIndex {
+                result.append(argument + "=" + arguments[index + 1])
+                index += 2
+            } else {
+                result.append(argument)
+                index += 1
+            }
+        }
+        return result
+    }
 }
 
 /// A user mistake found while running: printed as `Error: …`, exit status 1.

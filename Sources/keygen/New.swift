@@ -32,7 +32,7 @@ extension Keygen {
         @Option(help: ArgumentHelp("A worker's weight, 1 to 1000: its share of the work (default 1).", valueName: "n"))
         var weight: Int?
 
-        @Option(help: ArgumentHelp("Extra metadata as name=value; repeat for more.", valueName: "name=value"))
+        @Option(parsing: .unconditionalSingleValue, help: ArgumentHelp("Extra metadata as name=value; repeat for more.", valueName: "name=value"))
         var meta: [String] = []
 
         @Flag(help: "Replace existing NAME.key and NAME.key_secret (the old key is lost).")

@@ -146,6 +146,29 @@ import Testing
         }
     }
 
+    @Test func aSecretStartingWithADashIsNotAnOption() throws {
+        // Z85 has '-' in its alphabet: about one key in 85 starts with it.
+        // "-=" is the hardest case: ArgumentParser refuses such an argument outright.
+        let secret = "-=v7LkbqQ.W=}].}j4sxYoeN$22x>$XCeOZTHBce"
+        let publicText = "hm@r5UZ>([>c!8ck8ECyzTtH8RV2erY.0*TyUWGM"
+        #expect(try SecretKey(z85: secret).derivePublicKey().z85 == publicText)
+        var pair = KeyPair.generate()
+        while !pair.secretKey.z85Text.hasPrefix("-") { pair = KeyPair.generate() }
+        try withScratchDirectory { keygen, _ in
+            for (secret, publicText) in [(secret, publicText), (pair.secretKey.z85Text, pair.publicKey.z85)] {
+                for arguments in [["derive", "--secret", secret], ["derive", "--secret=" + secret]] {
+                    let result = try keygen.run(arguments)
+                    #expect(result.status == 0, "\(arguments): \(result.stderr)")
+                    #expect(result.stdout == publicText + "\n")
+                }
+            }
+            // The same holds for --meta: '-' may start a metadata name.
+            let meta = try keygen.run("new", "m", "--meta", "-=x=y")
+            #expect(meta.status == 0, "\(meta.stderr)")
+            #expect(try Certificate.load(path: keygen.directory + "/m.key").metadata["-"] == "x=y")
+        }
+    }
+
     @Test func theZMQCurveManPageVector() throws {
         try withScratchDirectory { keygen, _ in
             let result = try keygen.run("derive", "--secret", "D:)Q[IlAW!ahhC2ac:9*A}h:p?([4%wOTJ%JR%cs")
