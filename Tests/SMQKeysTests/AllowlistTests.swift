@@ -91,6 +91,7 @@ import Testing
             try FileManager.default.createDirectory(atPath: dir + "/subdir", withIntermediateDirectories: false)
             // A FIFO must be reported, not block the reader waiting for a writer.
             #expect(mkfifo(dir + "/g-fifo.key", 0o644) == 0)
+            try FileManager.default.createSymbolicLink(atPath: dir + "/h-dangling.key", withDestinationPath: dir + "/nowhere.key")
 
             let list = try Allowlist(directory: dir, logger: logs.logger)
             #expect(list.entries.map(\.publicKey) == [worker, client])
@@ -102,8 +103,9 @@ import Testing
             #expect(list.generation == 1)
 
             let problems = Dictionary(uniqueKeysWithValues: list.problems.map { ($0.path, $0) })
-            #expect(problems.count == 5)
+            #expect(problems.count == 6)
             #expect(problems[dir + "/g-fifo.key"]?.code == .io)
+            #expect(problems[dir + "/h-dangling.key"]?.code == .notFound)
             #expect(problems[dir + "/c-copy.key"]?.code == .duplicateKey)
             #expect(problems[dir + "/c-copy.key"]?.message.contains(dir + "/a-worker.key") == true)
             #expect(problems[dir + "/d-garbage.key"]?.code == .syntax)
@@ -113,7 +115,7 @@ import Testing
 
             // One log line per problem, with file and reason as metadata.
             let warnings = logs.records.filter { $0.level >= .warning }
-            #expect(warnings.count == 5)
+            #expect(warnings.count == 6)
             for path in [dir + "/d-garbage.key", dir + "/e-admin.key"] {
                 let record = try #require(warnings.first { $0.metadata["file"] == path })
                 #expect(record.message == "skipping an allowlist file")

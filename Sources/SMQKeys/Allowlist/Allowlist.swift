@@ -162,8 +162,17 @@ public final class Allowlist: Sendable {
                 states[path] = .failed(error.description)
                 continue
             }
-            // Gone since the listing, or a subdirectory: not part of the allowlist.
-            guard let mode, mode & FileIO.typeMask != FileIO.directoryType else { continue }
+            guard let mode else {
+                // Gone since the listing is fine; a link to nothing is a mistake worth reporting.
+                if FileIO.isSymbolicLink(path) {
+                    let error = CertificateError(.notFound, path: path, "is a symbolic link to a file that does not exist")
+                    scan.files.append(ScannedFile(path: path, error: error))
+                    states[path] = .failed(error.description)
+                }
+                continue
+            }
+            // Subdirectories are not part of the allowlist.
+            guard mode & FileIO.typeMask != FileIO.directoryType else { continue }
             if Certificate.isSecretPath(name) {
                 // Never read: a secret's bytes have no business in this process.
                 scan.files.append(ScannedFile(path: path, isSecret: true))

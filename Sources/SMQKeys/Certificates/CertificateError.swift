@@ -67,9 +67,4 @@ public struct CertificateError: Error, Hashable, Sendable, CustomStringConvertib
         case (nil, nil): message
         }
     }
-
-    /// The same error, located in `path` (keeps a path that is already set).
-    func located(in path: String) -> CertificateError {
-        CertificateError(code, path: self.path ?? path, line: line, message)
-    }
 }

@@ -79,6 +79,12 @@ enum FileIO {
         return UInt32(info.st_mode)
     }
 
+    /// Whether `path` itself is a symbolic link (whether or not its target exists).
+    static func isSymbolicLink(_ path: String) -> Bool {
+        var info = stat()
+        return lstat(path, &info) == 0 && UInt32(info.st_mode) & typeMask == 0o120000
+    }
+
     /// The names in a directory (without `.` and `..`), unsorted.
     static func list(directory: String) throws(CertificateError) -> [String] {
         guard let dir = opendir(directory) else {
