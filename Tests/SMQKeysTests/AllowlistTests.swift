@@ -1,0 +1,291 @@
+import Foundation
+import Glibc
+import Logging
+import Testing
+@testable import SMQKeys
+
+@Suite struct PeerRoleTests {
+    @Test(arguments: [
+        (PeerRole.client, PeerRole.client, true), (.client, .worker, false), (.client, .both, false),
+        (.worker, .worker, true), (.worker, .client, false), (.worker, .both, false),
+        (.both, .client, true), (.both, .worker, true), (.both, .both, true),
+    ])
+    func allows(_ role: PeerRole, _ asked: PeerRole, _ expected: Bool) {
+        #expect(role.allows(asked) == expected)
+    }
+
+    @Test func parsesOnlyTheThreeRoles() {
+        #expect(PeerRole(rawValue: "client") == .client)
+        #expect(PeerRole(rawValue: "both")?.rawValue == "both")
+        #expect(PeerRole(rawValue: "Worker") == nil)
+        #expect(PeerRole(rawValue: "admin") == nil)
+        #expect(PeerRole.worker.description == "worker")
+    }
+}
+
+@Suite struct AllowlistEntryTests {
+    let key = KeyPair.generate().publicKey
+
+    @Test func defaults() throws {
+        let entry = try AllowlistEntry(certificate: Certificate(publicKey: key))
+        #expect(entry.name == key.fingerprint)
+        #expect(entry.role == nil)
+        #expect(entry.weight == 1)
+        #expect(entry.services == nil)
+        #expect(entry.allows(service: "anything"))
+        #expect(entry.path == nil)
+    }
+
+    @Test func readsPolicy() throws {
+        let metadata: CertificateMetadata = ["name": "worker-1", "role": "worker", "weight": "1000", "services": "hash, resize.v2,score_1"]
+        let entry = try AllowlistEntry(certificate: Certificate(publicKey: key, metadata: metadata), path: "a/worker-1.key")
+        #expect(entry.name == "worker-1")
+        #expect(entry.role == .worker)
+        #expect(entry.weight == 1000)
+        #expect(entry.services == ["hash", "resize.v2", "score_1"])
+        #expect(!entry.allows(service: "other"))
+        #expect(entry.path == "a/worker-1.key")
+        #expect(entry.metadata == metadata)
+    }
+
+    @Test(arguments: [
+        ("role", "admin"), ("role", "Worker"), ("role", ""),
+        ("weight", "0"), ("weight", "1001"), ("weight", "-1"), ("weight", "+5"), ("weight", " 5"), ("weight", "5.0"),
+        ("weight", "four"), ("weight", ""), ("weight", "99999999999999999999999"),
+        ("services", ""), ("services", "a,,b"), ("services", "a,"), ("services", "a b"), ("services", "a/b"),
+        ("services", String(repeating: "s", count: 256)), ("name", ""),
+    ])
+    func refusesBadPolicy(_ field: String, _ value: String) throws {
+        let certificate = Certificate(publicKey: key, metadata: CertificateMetadata([(field, value)]))
+        let error = try #require(throws: CertificateError.self) {
+            _ = try AllowlistEntry(certificate: certificate, path: "allowed/x.key")
+        }
+        #expect(error.code == .invalidPolicy)
+        #expect(error.path == "allowed/x.key")
+        #expect(error.message.contains(field))
+    }
+}
+
+@Suite struct AllowlistTests {
+    /// Writes a public certificate file for a new key and returns the key.
+    @discardableResult
+    func addPeer(_ dir: String, _ file: String, _ metadata: CertificateMetadata = [:]) throws -> PublicKey {
+        let key = KeyPair.generate().publicKey
+        let name = String(file.dropLast(4))
+        try Certificate(publicKey: key, metadata: metadata).save(directory: dir, name: name)
+        return key
+    }
+
+    @Test func loadsGoodFilesAndReportsEachBadOne() throws {
+        try withTemporaryDirectory { dir in
+            let logs = CapturedLogs()
+            let worker = try addPeer(dir, "a-worker.key", ["role": "worker", "weight": "4", "name": "w1"])
+            let client = try addPeer(dir, "b-client.key", ["role": "client"])
+            // A copy of the worker under a later name: a duplicate key.
+            try FileManager.default.copyItem(atPath: dir + "/a-worker.key", toPath: dir + "/c-copy.key")
+            try writeFile(dir + "/d-garbage.key", "this is not ZPL =\n")
+            try addPeer(dir, "e-admin.key", ["role": "admin"])
+            let secret = try Certificate(keyPair: .generate()).save(directory: dir, name: "f-mine").secretPath!
+            try FileManager.default.removeItem(atPath: dir + "/f-mine.key")
+            try writeFile(dir + "/.hidden.key", "ignored")
+            try FileManager.default.createDirectory(atPath: dir + "/subdir", withIntermediateDirectories: false)
+            // A FIFO must be reported, not block the reader waiting for a writer.
+            #expect(mkfifo(dir + "/g-fifo.key", 0o644) == 0)
+            try FileManager.default.createSymbolicLink(atPath: dir + "/h-dangling.key", withDestinationPath: dir + "/nowhere.key")
+
+            let list = try Allowlist(directory: dir, logger: logs.logger)
+            #expect(list.entries.map(\.publicKey) == [worker, client])
+            #expect(list.entry(for: worker)?.name == "w1")
+            #expect(list.entry(for: worker)?.weight == 4)
+            #expect(list.entry(for: worker)?.path == dir + "/a-worker.key")
+            #expect(list.entry(for: client)?.role == .client)
+            #expect(list.entry(for: KeyPair.generate().publicKey) == nil)
+            #expect(list.generation == 1)
+
+            let problems = Dictionary(uniqueKeysWithValues: list.problems.map { ($0.path, $0) })
+            #expect(problems.count == 6)
+            #expect(problems[dir + "/g-fifo.key"]?.code == .io)
+            #expect(problems[dir + "/h-dangling.key"]?.code == .notFound)
+            #expect(problems[dir + "/c-copy.key"]?.code == .duplicateKey)
+            #expect(problems[dir + "/c-copy.key"]?.message.contains(dir + "/a-worker.key") == true)
+            #expect(problems[dir + "/d-garbage.key"]?.code == .syntax)
+            #expect(problems[dir + "/d-garbage.key"]?.line == 1)
+            #expect(problems[dir + "/e-admin.key"]?.code == .invalidPolicy)
+            #expect(problems[secret]?.code == .secretInAllowlist)
+
+            // One log line per problem, with file and reason as metadata.
+            let warnings = logs.records.filter { $0.level >= .warning }
+            #expect(warnings.count == 6)
+            for path in [dir + "/d-garbage.key", dir + "/e-admin.key"] {
+                let record = try #require(warnings.first { $0.metadata["file"] == path })
+                #expect(record.message == "skipping an allowlist file")
+                #expect(record.metadata["reason"]?.isEmpty == false)
+            }
+            let duplicate = try #require(warnings.first { $0.metadata["file"] == dir + "/c-copy.key" })
+            #expect(duplicate.metadata["kept"] == dir + "/a-worker.key")
+            #expect(warnings.contains { $0.metadata["file"] == secret && $0.level == .error })
+        }
+    }
+
+    @Test func reloadPicksUpAddedAndRemovedKeys() throws {
+        try withTemporaryDirectory { dir in
+            let first = try addPeer(dir, "one.key", ["role": "worker"])
+            let list = try Allowlist(directory: dir, logger: CapturedLogs().logger)
+            #expect(list.reloadIfChanged() == nil)
+            #expect(list.generation == 1)
+
+            let second = try addPeer(dir, "two.key", ["role": "client"])
+            let added = try #require(list.reloadIfChanged())
+            #expect(added.added.map(\.publicKey) == [second])
+            #expect(added.removed.isEmpty && added.changed.isEmpty)
+            #expect(list.entry(for: second) != nil)
+            #expect(list.generation == 2)
+            #expect(list.reloadIfChanged() == nil)
+
+            try FileManager.default.removeItem(atPath: dir + "/one.key")
+            let removed = try #require(list.reloadIfChanged())
+            #expect(removed.removed.map(\.publicKey) == [first])
+            #expect(list.entry(for: first) == nil)
+            #expect(list.generation == 3)
+
+            // reload() always re-reads; with nothing changed it changes nothing.
+            let same = list.reload()
+            #expect(!same.hasChanges)
+            #expect(list.generation == 3)
+        }
+    }
+
+    @Test func sameSizeRewriteWithOldMtimeIsNoticed() throws {
+        try withTemporaryDirectory { dir in
+            let key = try addPeer(dir, "w.key", ["role": "worker", "weight": "4"])
+            let path = dir + "/w.key"
+            let list = try Allowlist(directory: dir, logger: CapturedLogs().logger)
+            #expect(list.entry(for: key)?.weight == 4)
+
+            var before = stat()
+            #expect(stat(path, &before) == 0)
+            let text = try readFile(path)
+            let rewritten = text.replacingOccurrences(of: "weight = \"4\"", with: "weight = \"5\"")
+            #expect(rewritten != text && rewritten.utf8.count == text.utf8.count)
+            try Data(rewritten.utf8).write(to: URL(fileURLWithPath: path))
+            var times = [before.st_atim, before.st_mtim]
+            #expect(utimensat(AT_FDCWD, path, &times, 0) == 0)
+            var after = stat()
+            #expect(stat(path, &after) == 0)
+            #expect(after.st_size == before.st_size)
+            #expect(after.st_mtim.tv_sec == before.st_mtim.tv_sec && after.st_mtim.tv_nsec == before.st_mtim.tv_nsec)
+
+            let report = try #require(list.reloadIfChanged())
+            #expect(report.changed.map(\.weight) == [5])
+            #expect(list.entry(for: key)?.weight == 5)
+        }
+    }
+
+    @Test func nothingParsingKeepsThePreviousSet() throws {
+        try withTemporaryDirectory { dir in
+            let logs = CapturedLogs()
+            let key = try addPeer(dir, "w.key")
+            let list = try Allowlist(directory: dir, logger: logs.logger)
+            try writeFile(dir + "/w.key", "garbage without structure =\n")
+
+            let report = try #require(list.reloadIfChanged())
+            #expect(report.keptPrevious)
+            #expect(!report.hasChanges)
+            #expect(report.problems.contains { $0.code == .nothingLoaded && $0.path == dir })
+            #expect(report.problems.contains { $0.code == .syntax && $0.path == dir + "/w.key" })
+            #expect(list.entry(for: key) != nil)
+            #expect(list.generation == 1)
+            #expect(logs.records.contains { $0.level == .error && $0.metadata["directory"] == dir })
+            // The same broken content is not reported again on every poll.
+            #expect(list.reloadIfChanged() == nil)
+
+            // Fixing the file is picked up.
+            let fixed = try addPeer(dir, "x.key")
+            let recovered = try #require(list.reloadIfChanged())
+            #expect(recovered.added.map(\.publicKey) == [fixed])
+            #expect(recovered.removed.map(\.publicKey) == [key])
+        }
+    }
+
+    @Test func unreadableDirectoryKeepsThePreviousSet() throws {
+        try withTemporaryDirectory { parent in
+            let dir = parent + "/allowed"
+            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: false)
+            let key = try addPeer(dir, "w.key")
+            let list = try Allowlist(directory: dir, logger: CapturedLogs().logger)
+            try FileManager.default.removeItem(atPath: dir)
+
+            let report = list.reload()
+            #expect(report.keptPrevious)
+            #expect(report.problems.first?.code == .notFound)
+            #expect(list.entry(for: key) != nil)
+            #expect(list.reloadIfChanged() == nil)
+        }
+    }
+
+    @Test func anEmptiedDirectoryRevokesEveryone() throws {
+        try withTemporaryDirectory { dir in
+            let key = try addPeer(dir, "w.key")
+            let list = try Allowlist(directory: dir, logger: CapturedLogs().logger)
+            try FileManager.default.removeItem(atPath: dir + "/w.key")
+            let report = try #require(list.reloadIfChanged())
+            #expect(report.removed.map(\.publicKey) == [key])
+            #expect(list.entries.isEmpty)
+        }
+    }
+
+    @Test func initThrowsOnlyForAMissingDirectory() throws {
+        try withTemporaryDirectory { dir in
+            let error = try #require(throws: CertificateError.self) {
+                _ = try Allowlist(directory: dir + "/missing", logger: CapturedLogs().logger)
+            }
+            #expect(error.code == .notFound)
+            // A directory of nothing but bad files loads (empty) and reports.
+            try writeFile(dir + "/bad.key", "nonsense =\n")
+            let list = try Allowlist(directory: dir)
+            #expect(list.entries.isEmpty)
+            #expect(list.problems.contains { $0.code == .nothingLoaded })
+        }
+    }
+
+    @Test func inMemoryEntries() throws {
+        let a = try AllowlistEntry(certificate: Certificate(publicKey: KeyPair.generate().publicKey, metadata: ["role": "both"]))
+        let b = try AllowlistEntry(certificate: Certificate(publicKey: KeyPair.generate().publicKey))
+        let list = Allowlist(entries: [a, b, a])
+        #expect(list.entries == [a, b])
+        #expect(list.entry(for: a.publicKey)?.role == .both)
+        #expect(list.reloadIfChanged() == nil)
+        #expect(!list.reload().hasChanges)
+    }
+
+    @Test func lookupsDuringReloadsSeeAWholeSet() async throws {
+        try await withTemporaryDirectory { dir in
+            let keys = try (0..<4).map { try addPeer(dir, "p\($0).key") }
+            let list = try Allowlist(directory: dir, logger: CapturedLogs().logger)
+            await withTaskGroup(of: Void.self) { group in
+                group.addTask {
+                    for round in 0..<20 {
+                        // Flip between all four keys and none of the first two.
+                        if round.isMultiple(of: 2) {
+                            try? FileManager.default.removeItem(atPath: dir + "/p0.key")
+                            try? FileManager.default.removeItem(atPath: dir + "/p1.key")
+                        } else {
+                            for index in 0..<2 {
+                                _ = try? Certificate(publicKey: keys[index]).save(directory: dir, name: "p\(index)", overwrite: true)
+                            }
+                        }
+                        list.reload()
+                    }
+                }
+                for _ in 0..<2 {
+                    group.addTask {
+                        for _ in 0..<2000 {
+                            let seen = list.entries.map(\.publicKey)
+                            #expect(seen == keys || seen == Array(keys[2...]))
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
