@@ -116,10 +116,8 @@ struct SecureBroker: AsyncParsableCommand {
                 logger: logger
             ))
             try await group.run()
-        } catch let error as SecureMQError {
-            fail(error.message)
-        } catch let error as CertificateError {
-            fail("\(error)")
+        } catch {
+            fail((error as? SecureMQError)?.message ?? "\(error)")
         }
     }
 }

@@ -135,7 +135,7 @@ struct DemoCommand: AsyncParsableCommand {
 
     private func say(_ line: String) {
         print(line)
-        fflush(stdout)
+        flushStandardOutput()
     }
 
     /// Asks the broker (mmi.service-style, through the pipeline) until the service answers, and

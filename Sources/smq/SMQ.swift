@@ -83,3 +83,14 @@ enum ByteSize {
         return "\(bytes) B"
     }
 }
+
+/// `print` buffers when stdout is a pipe; the demo and the tests read lines as they come.
+func flushStandardOutput() {
+    fflush(nil)  // every C stream: avoids touching the non-Sendable `stdout` global
+}
+
+/// The sentence to show for an error: the library's own message where it has one.
+func describe(_ error: any Error) -> String {
+    if let error = error as? SecureMQError { return error.message }
+    return "\(error)"
+}

@@ -100,8 +100,8 @@ struct SubmitCommand: AsyncParsableCommand {
                 }
             }
             await client.close()
-        } catch let error as SecureMQError {
-            fail(error.message)
+        } catch {
+            fail(describe(error))
         }
     }
 }

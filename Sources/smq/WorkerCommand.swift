@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Glibc
 import SecureMQ
 
 struct WorkerCommand: AsyncParsableCommand {
@@ -51,7 +52,7 @@ struct WorkerCommand: AsyncParsableCommand {
             fail(error.message)
         }
         print("worker \(keyPair.publicKey.fingerprint) ready: service \(service), credit \(credit)")
-        fflush(stdout)
+        flushStandardOutput()
         let delay = delayMs
         let crashIndex = crashOnIndex
         // SIGTERM/SIGINT: leave the service (the broker requeues at once), then exit.
@@ -59,9 +60,9 @@ struct WorkerCommand: AsyncParsableCommand {
             await waitForTerminationSignal()
             await worker.close()
         }
-        do {
+        do throws(SecureMQError) {
             try await worker.run { item in
-                if let crashIndex, item.index == crashIndex { exit(70) }
+                if let crashIndex, item.index == crashIndex { Glibc.exit(70) }
                 if delay > 0 { try await Task.sleep(for: .milliseconds(delay)) }
                 return builtin.handle(item.body)
             }
