@@ -106,7 +106,7 @@ final class FragmentState {
 /// A service's worker keys (the scheduler's items) and its queue, fair across clients.
 final class ServiceState {
     let name: String
-    var scheduler: WeightedScheduler<Int>
+    var scheduler: StrideScheduler<Int>
     /// Per worker key serial: the connections READY for this service, and the key's credit.
     var workers: [Int: ServiceWorker] = [:]
     /// Queued fragments per client key, served round-robin so one big job starves nobody.
@@ -116,7 +116,7 @@ final class ServiceState {
 
     init(name: String, strategy: BrokerConfiguration.Strategy) {
         self.name = name
-        scheduler = WeightedScheduler(strategy: strategy == .roundRobin ? .roundRobin : .weighted)
+        scheduler = StrideScheduler(strategy: strategy == .roundRobin ? .roundRobin : .weighted)
     }
 
     func enqueue(_ fragment: FragmentState, client: Int, front: Bool = false) {

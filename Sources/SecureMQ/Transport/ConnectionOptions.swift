@@ -17,5 +17,9 @@ public struct ConnectionOptions: Sendable {
     /// How long unsent messages are kept when closing.
     public var linger: Duration = .milliseconds(500)
 
+    /// Extra ZMTP handshake properties (`X-…`). Only tests use it, to play a peer that claims
+    /// things about itself: the broker must never believe them.
+    var handshakeProperties: [(name: String, value: String)] = []
+
     public init() {}
 }

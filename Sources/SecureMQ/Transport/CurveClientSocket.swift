@@ -43,6 +43,10 @@ final class CurveClientSocket {
                                        handshakeTimeout: options.handshakeTimeout,
                                        reconnectInterval: options.reconnectInterval,
                                        reconnectIntervalMax: options.reconnectIntervalMax)
+            for (name, value) in options.handshakeProperties {
+                // ZMQ_METADATA (95): in libzmq 4.3.4's DRAFT section of zmq.h, but built in.
+                try socket.set(95, string: "\(name):\(value)")
+            }
             let events = ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH
                 | ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL | ZMQ_EVENT_DISCONNECTED
             monitor = try SocketMonitor(socket: socket, context: context.handle, thread: thread, events: events) { [unowned self] event in
