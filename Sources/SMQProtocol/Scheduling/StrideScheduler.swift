@@ -28,31 +28,26 @@ public struct StrideScheduler<ID: Hashable> {
     /// The largest weight: its stride is 1.
     public static var maxWeight: Int { 1 << 32 }
 
-    struct Entry {
-        var id: ID
-        var weight: Int
-        var stride: UInt64
-        var deadline: UInt64
-        var sequence: UInt64
-        /// The entry's position in `heap`, or -1 while suspended.
-        var heapPosition: Int
-    }
-
     /// The strategy, fixed at creation.
     public let strategy: Strategy
-    /// The scheduler's virtual time: the deadline of the last pick.
-    public private(set) var now: UInt64 = 0
 
-    // Dense storage; `slots` maps an id to its entry, `heap` orders the eligible entries' indices.
-    private(set) var entries: [Entry] = []
+    // Struct of arrays: the heap works on concrete UInt64 arrays only (fast even where this
+    // generic type is not specialized); `ids`, `weights` and `slots` are touched once per call.
+    private(set) var core = DeadlineHeap()
+    private var ids: [ID] = []
+    private var weights: [Int] = []
     private var slots: [ID: Int] = [:]
-    private(set) var heap: [Int] = []
-    private var nextSequence: UInt64 = 0
+
+    /// The scheduler's virtual time: the deadline of the last pick.
+    public var now: UInt64 { core.now }
 
     /// When `now` passes this, every deadline is shifted down so that virtual time never
     /// overflows (a weight-1 worker alone would otherwise reach 2^64 after 2^32 picks: under a day
     /// at 60 k picks/s). Internal so tests can bring it close.
-    var rebaseThreshold: UInt64 = 1 << 62
+    var rebaseThreshold: UInt64 {
+        get { core.rebaseThreshold }
+        set { core.rebaseThreshold = newValue }
+    }
 
     /// Makes an empty scheduler.
     ///
@@ -62,11 +57,11 @@ public struct StrideScheduler<ID: Hashable> {
     }
 
     /// The number of workers, eligible or suspended.
-    public var count: Int { entries.count }
+    public var count: Int { ids.count }
     /// The number of workers that can be picked (not suspended).
-    public var eligibleCount: Int { heap.count }
+    public var eligibleCount: Int { core.heap.count }
     /// Whether no worker is known.
-    public var isEmpty: Bool { entries.isEmpty }
+    public var isEmpty: Bool { ids.isEmpty }
 
     /// Whether `id` is known (eligible or suspended).
     ///
@@ -79,7 +74,7 @@ public struct StrideScheduler<ID: Hashable> {
     /// - Parameter id: A worker.
     /// - Returns: true when it is in the heap.
     public func isEligible(_ id: ID) -> Bool {
-        slots[id].map { entries[$0].heapPosition >= 0 } ?? false
+        slots[id].map { core.position[$0] >= 0 } ?? false
     }
 
     /// The weight `id` was given (also under ``Strategy/roundRobin``, which ignores it).
@@ -87,7 +82,7 @@ public struct StrideScheduler<ID: Hashable> {
     /// - Parameter id: A worker.
     /// - Returns: Its weight, or nil when unknown.
     public func weight(of id: ID) -> Int? {
-        slots[id].map { entries[$0].weight }
+        slots[id].map { weights[$0] }
     }
 
     /// The virtual time of `id`'s next turn.
@@ -95,12 +90,12 @@ public struct StrideScheduler<ID: Hashable> {
     /// - Parameter id: A worker.
     /// - Returns: Its deadline, or nil when unknown.
     public func deadline(of id: ID) -> UInt64? {
-        slots[id].map { entries[$0].deadline }
+        slots[id].map { core.deadline[$0] }
     }
 
     /// The worker ``pick()`` would return, without picking it.
     public var peek: ID? {
-        heap.first.map { entries[$0].id }
+        core.heap.first.map { ids[$0] }
     }
 
     /// Adds an eligible worker, starting at `now + stride/2`.
@@ -113,13 +108,11 @@ public struct StrideScheduler<ID: Hashable> {
     public mutating func add(_ id: ID, weight: Int) -> Bool {
         precondition(weight >= 1 && weight <= Self.maxWeight, "weight must be 1 ... 2^32")
         guard slots[id] == nil else { return false }
-        let stride = stride(for: weight)
-        let entry = Entry(
-            id: id, weight: weight, stride: stride, deadline: now + stride / 2, sequence: takeSequence(),
-            heapPosition: -1)
-        entries.append(entry)
-        slots[id] = entries.count - 1
-        push(entries.count - 1)
+        let index = core.append(stride: stride(for: weight))
+        ids.append(id)
+        weights.append(weight)
+        slots[id] = index
+        core.push(index)
         return true
     }
 
@@ -130,19 +123,14 @@ public struct StrideScheduler<ID: Hashable> {
     @discardableResult
     public mutating func remove(_ id: ID) -> Bool {
         guard let index = slots.removeValue(forKey: id) else { return false }
-        if entries[index].heapPosition >= 0 {
-            removeFromHeap(at: entries[index].heapPosition)
+        // Storage stays dense: the last entry takes the hole.
+        if let moved = core.remove(index) {
+            ids[index] = ids[moved]
+            weights[index] = weights[moved]
+            slots[ids[index]] = index
         }
-        // Keep storage dense: the last entry takes the hole.
-        let last = entries.count - 1
-        if index != last {
-            entries[index] = entries[last]
-            slots[entries[index].id] = index
-            if entries[index].heapPosition >= 0 {
-                heap[entries[index].heapPosition] = index
-            }
-        }
-        entries.removeLast()
+        ids.removeLast()
+        weights.removeLast()
         return true
     }
 
@@ -156,16 +144,8 @@ public struct StrideScheduler<ID: Hashable> {
     public mutating func setWeight(_ id: ID, weight: Int) -> Bool {
         precondition(weight >= 1 && weight <= Self.maxWeight, "weight must be 1 ... 2^32")
         guard let index = slots[id] else { return false }
-        let stride = stride(for: weight)
-        entries[index].weight = weight
-        entries[index].stride = stride
-        entries[index].deadline = now + stride / 2
-        entries[index].sequence = takeSequence()
-        let position = entries[index].heapPosition
-        if position >= 0 {
-            siftUp(position)
-            siftDown(entries[index].heapPosition)
-        }
+        weights[index] = weight
+        core.restart(index, stride: stride(for: weight))
         return true
     }
 
@@ -175,8 +155,8 @@ public struct StrideScheduler<ID: Hashable> {
     /// - Returns: false when `id` is unknown or already suspended.
     @discardableResult
     public mutating func suspend(_ id: ID) -> Bool {
-        guard let index = slots[id], entries[index].heapPosition >= 0 else { return false }
-        removeFromHeap(at: entries[index].heapPosition)
+        guard let index = slots[id], core.position[index] >= 0 else { return false }
+        core.removeFromHeap(at: core.position[index])
         return true
     }
 
@@ -186,10 +166,8 @@ public struct StrideScheduler<ID: Hashable> {
     /// - Returns: false when `id` is unknown or not suspended.
     @discardableResult
     public mutating func resume(_ id: ID) -> Bool {
-        guard let index = slots[id], entries[index].heapPosition < 0 else { return false }
-        entries[index].deadline = max(entries[index].deadline, now)
-        entries[index].sequence = takeSequence()
-        push(index)
+        guard let index = slots[id], core.position[index] < 0 else { return false }
+        core.resume(index)
         return true
     }
 
@@ -198,19 +176,8 @@ public struct StrideScheduler<ID: Hashable> {
     ///
     /// - Returns: The worker, or nil when no worker is eligible.
     public mutating func pick() -> ID? {
-        guard let top = heap.first else { return nil }
-        now = entries[top].deadline
-        entries[top].deadline += entries[top].stride
-        entries[top].sequence = takeSequence()
-        siftDown(0)
-        let id = entries[top].id
-        if now >= rebaseThreshold {
-            rebase()
-        }
-        return id
+        core.pick().map { ids[$0] }
     }
-
-    // MARK: - Internals
 
     private func stride(for weight: Int) -> UInt64 {
         switch strategy {
@@ -219,94 +186,14 @@ public struct StrideScheduler<ID: Hashable> {
         }
     }
 
-    private mutating func takeSequence() -> UInt64 {
-        defer { nextSequence &+= 1 }
-        return nextSequence
-    }
-
-    /// Shifts every deadline down by `now`; order and `max(deadline, now)` are unchanged, since a
-    /// deadline behind `now` becomes 0 = the new `now`.
-    private mutating func rebase() {
-        let base = now
-        for index in entries.indices {
-            entries[index].deadline = entries[index].deadline >= base ? entries[index].deadline - base : 0
-        }
-        now = 0
-    }
-
-    private func isEarlier(_ a: Int, _ b: Int) -> Bool {
-        let x = entries[a]
-        let y = entries[b]
-        return x.deadline < y.deadline || (x.deadline == y.deadline && x.sequence < y.sequence)
-    }
-
-    private mutating func push(_ index: Int) {
-        heap.append(index)
-        entries[index].heapPosition = heap.count - 1
-        siftUp(heap.count - 1)
-    }
-
-    private mutating func removeFromHeap(at position: Int) {
-        let removed = heap[position]
-        let last = heap.removeLast()
-        entries[removed].heapPosition = -1
-        guard position < heap.count else { return }
-        heap[position] = last
-        entries[last].heapPosition = position
-        siftUp(position)
-        siftDown(entries[last].heapPosition)
-    }
-
-    private mutating func siftUp(_ start: Int) {
-        var child = start
-        let index = heap[child]
-        while child > 0 {
-            let parent = (child - 1) / 2
-            guard isEarlier(index, heap[parent]) else { break }
-            heap[child] = heap[parent]
-            entries[heap[child]].heapPosition = child
-            child = parent
-        }
-        heap[child] = index
-        entries[index].heapPosition = child
-    }
-
-    private mutating func siftDown(_ start: Int) {
-        var parent = start
-        let index = heap[parent]
-        let count = heap.count
-        while true {
-            var child = 2 * parent + 1
-            guard child < count else { break }
-            if child + 1 < count && isEarlier(heap[child + 1], heap[child]) {
-                child += 1
-            }
-            guard isEarlier(heap[child], index) else { break }
-            heap[parent] = heap[child]
-            entries[heap[parent]].heapPosition = parent
-            parent = child
-        }
-        heap[parent] = index
-        entries[index].heapPosition = parent
-    }
-
-    /// Checks the heap order and the position map; for tests.
+    /// Checks the heap order and the position maps; for tests.
     func invariantViolation() -> String? {
-        if slots.count != entries.count { return "slots \(slots.count) != entries \(entries.count)" }
-        for (id, index) in slots where entries[index].id != id { return "slot of \(id) points elsewhere" }
-        var inHeap = 0
-        for (index, entry) in entries.enumerated() where entry.heapPosition >= 0 {
-            inHeap += 1
-            if entry.heapPosition >= heap.count || heap[entry.heapPosition] != index { return "position map broken at \(index)" }
-            if entry.deadline < now { return "eligible deadline \(entry.deadline) behind now \(now)" }
+        if slots.count != ids.count || weights.count != ids.count || core.deadline.count != ids.count {
+            return "storage sizes differ"
         }
-        if inHeap != heap.count { return "heap holds \(heap.count), entries say \(inHeap)" }
-        for position in heap.indices.dropFirst() where isEarlier(heap[position], heap[(position - 1) / 2]) {
-            return "heap order broken at \(position)"
-        }
-        return nil
+        for (id, index) in slots where ids[index] != id { return "slot of \(id) points elsewhere" }
+        return core.invariantViolation()
     }
 }
 
 extension StrideScheduler: Sendable where ID: Sendable {}
-extension StrideScheduler.Entry: Sendable where ID: Sendable {}
