@@ -13,7 +13,7 @@ nonisolated(unsafe) private let sha256Algorithm: OpaquePointer = {
 /// SHA-256 through OpenSSL's libcrypto, which uses the CPU's SHA extensions where present
 /// (2.2 GB/s per core here, four times a portable implementation).
 ///
-/// Use ``hash(_:)`` for a one-off digest. On a hot path keep one `SHA256` and call
+/// Use ``hash(_:)-(UnsafeRawBufferPointer)`` for a one-off digest. On a hot path keep one `SHA256` and call
 /// ``digest(of:)`` (or ``update(_:)-(UnsafeRawBufferPointer)`` then ``finalize()``) for each
 /// message: the OpenSSL context is reused, so a digest costs one small allocation inside OpenSSL 3.0
 /// (its provider context) instead of two plus a context.
