@@ -1,4 +1,5 @@
 import Testing
+import Glibc
 import Logging
 internal import CZeroMQ
 @testable import SecureMQ
@@ -148,4 +149,59 @@ func blockingReceive(_ socket: ZMQSocket) throws -> [[UInt8]] {
         if !message.hasMore { break }
     } while true
     return parts
+}
+
+@Suite(.timeLimit(.minutes(1)))
+struct AllowlistReloadTests {
+    @Test func addedKeyGetsInAndRemovedKeyIsRefused() async throws {
+        let directory = "/tmp/smq-allow-\(UInt64.random(in: 0...UInt64.max))"
+        mkdir(directory, 0o755)
+        defer { _ = try? removeTree(directory) }
+        let context = SecureContext()
+        let serverKeys = KeyPair.generate()
+        let (logger, logs) = capturingLogger("server")
+        let allowlist = try Allowlist(directory: directory, logger: logger)
+        let server = try await SecureServer.bind(["tcp://127.0.0.1:*"], keyPair: serverKeys, allowlist: allowlist,
+                                                 context: context, allowlistCheckInterval: .milliseconds(50), logger: logger)
+        let clientKeys = KeyPair.generate()
+        func attempt() async -> SecureMQError? {
+            do {
+                let connection = try await SecureConnection.connect(to: server.endpoints[0], serverKey: serverKeys.publicKey,
+                                                                    keyPair: clientKeys, context: context)
+                await connection.close()
+                return nil
+            } catch {
+                return error
+            }
+        }
+        #expect(await attempt()?.code == .rejectedByServer)
+
+        // Added: the server's periodic content check picks it up; poll until a handshake passes.
+        try Certificate(publicKey: clientKeys.publicKey).save(directory: directory, name: "client-1")
+        var admitted = false
+        for _ in 0..<200 where !admitted {
+            admitted = await attempt() == nil
+        }
+        #expect(admitted)
+        #expect(logs.contains("peer admitted", where: "key", is: clientKeys.publicKey.fingerprint))
+
+        // Removed: new handshakes are refused again.
+        unlink(directory + "/client-1.key")
+        var refused = false
+        for _ in 0..<200 where !refused {
+            refused = await attempt()?.code == .rejectedByServer
+        }
+        #expect(refused)
+        await server.close()
+    }
+}
+
+func removeTree(_ path: String) throws {
+    guard let dir = opendir(path) else { return }
+    while let entry = readdir(dir) {
+        let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
+        if name != "." && name != ".." { unlink(path + "/" + name) }
+    }
+    closedir(dir)
+    rmdir(path)
 }

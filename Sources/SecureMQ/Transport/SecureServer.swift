@@ -47,18 +47,21 @@ public final class SecureServer: Sendable {
     ///   - allowlist: the keys admitted (checked by ZAP at every handshake).
     ///   - context: the ZeroMQ context (default: the process-wide one).
     ///   - maxMessageSize: the largest message accepted, in bytes.
+    ///   - allowlistCheckInterval: how often a directory allowlist is re-read (by content) so
+    ///     added keys get in and removed keys no longer complete a handshake.
     ///   - logger: where admissions, denials and dropped messages are logged.
     /// - Throws: ``SecureMQError`` `.invalidConfiguration` when an endpoint cannot be bound.
     public static func bind(
         _ endpoints: [String], keyPair: KeyPair, allowlist: Allowlist, context: SecureContext = .shared,
-        maxMessageSize: Int = 1_048_576 + 1024, logger: Logger = Logger(label: "securemq.server")
+        maxMessageSize: Int = 1_048_576 + 1024, allowlistCheckInterval: Duration = .seconds(1),
+        logger: Logger = Logger(label: "securemq.server")
     ) async throws(SecureMQError) -> SecureServer {
         let thread = try SocketThread(name: "securemq-server")
         do {
             let core = try thread.runAndWait { () throws(SecureMQError) in
                 let server = try CurveServerSocket(context: context, endpoints: endpoints, keyPair: keyPair, allowlist: allowlist,
                                                    maxMessageSize: maxMessageSize, highWaterMark: 1000, logger: logger)
-                let core = Core(server: server, thread: thread, logger: logger)
+                let core = Core(server: server, allowlist: allowlist, reloadInterval: allowlistCheckInterval, thread: thread, logger: logger)
                 thread.onStop { core.close() }
                 return core
             }
@@ -97,11 +100,15 @@ public final class SecureServer: Sendable {
         private let logger: Logger
         private var closed = false
 
-        init(server: CurveServerSocket, thread: SocketThread, logger: Logger) {
+        init(server: CurveServerSocket, allowlist: Allowlist, reloadInterval: Duration, thread: SocketThread, logger: Logger) {
             self.server = server
             self.logger = logger
             receivers = Waiters(thread: thread)
             registration = thread.register(server.socket, read: false, onReadable: { [unowned self] in self.deliver() })
+            // ZAP reads the allowlist at every handshake; keep it current with the directory.
+            if allowlist.directory != nil {
+                thread.schedule(after: reloadInterval, every: reloadInterval) { _ = allowlist.reloadIfChanged() }
+            }
         }
 
         func receive(id: Int, _ continuation: Waiters<ServerMessage>.Continuation, timeout: Duration?) {
