@@ -48,7 +48,7 @@ public final class Broker: Sendable {
                     context: context, endpoints: configuration.endpoints, keyPair: keyPair, allowlist: allowlist,
                     maxMessageSize: Wire.maxMessageSize(forFragment: configuration.maxFragmentSize),
                     highWaterMark: 10_000, logger: logger)
-                let engine = BrokerEngine(server: server, allowlist: allowlist, configuration: configuration, thread: thread, logger: logger)
+                let engine = BrokerEngine(server: server, context: context, allowlist: allowlist, configuration: configuration, thread: thread, logger: logger)
                 thread.onStop { engine.close() }
                 return engine
             }

@@ -14,9 +14,13 @@ extension BrokerEngine {
             send(Wire.failed(jobID: header.jobID, index: header.index, code: .draining, reason: "the broker is draining; submit again later"), to: client)
             return
         }
-        if endedJobs[jobKey] != nil {
-            send(Wire.failed(jobID: header.jobID, index: header.index, code: .cancelled, reason: "the job has ended"), to: client)
-            return
+        if let ended = endedJobs[jobKey] {
+            guard ended.connection != client.id else {
+                send(Wire.failed(jobID: header.jobID, index: header.index, code: .cancelled, reason: "the job has ended"), to: client)
+                return
+            }
+            // The same key on a new connection: it reconnected and resubmits what it lacks.
+            endedJobs[jobKey] = nil
         }
         if let allowed = client.key.entry.services, !allowed.contains(serviceName) {
             statistics.forbidden += 1
@@ -32,7 +36,14 @@ extension BrokerEngine {
                         reason: "fragment \(header.index) disagrees with the job's service, count or total length")
                 return
             }
-            job.replyTo = client
+            if job.replyTo !== client {
+                // The client reconnected: results go to the new connection, and results already
+                // sent may have been lost with the old one, so done fragments may run again.
+                job.replyTo.jobs.remove(jobKey)
+                job.replyTo = client
+                client.jobs.insert(jobKey)
+                job.rerunAllowed = true
+            }
         } else {
             if serviceName.hasPrefix("mmi.") {
                 answerMMI(fragment, to: client)
@@ -49,6 +60,11 @@ extension BrokerEngine {
             jobsPerClient[client.key.serial, default: 0] += 1
             client.jobs.insert(jobKey)
         }
+        if job.rerunAllowed, job.done.contains(header.index) {
+            job.done.remove(header.index)
+            job.accepted.remove(header.index)
+            statistics.reruns += 1
+        }
         if job.accepted.contains(header.index) {
             statistics.duplicateSubmits += 1
             logger.debug("duplicate SUBMIT ignored", metadata: ["key": "\(client.key.fingerprint)", "index": "\(header.index)"])
@@ -58,7 +74,7 @@ extension BrokerEngine {
         guard bytesHeld + length <= configuration.byteBudget else {
             statistics.busy += 1
             send(Wire.busy(jobID: header.jobID, index: header.index, retryAfterMs: UInt32(configuration.busyRetryAfter.milliseconds)), to: client)
-            if job.live.isEmpty && job.completed == 0 && job.accepted.count == 0 { forget(job) }
+            if job.live.isEmpty && job.accepted.count == 0 { forget(job) }
             return
         }
         job.accepted.insert(header.index)
@@ -99,19 +115,20 @@ extension BrokerEngine {
     }
 
     /// Removes a job: drops what is queued, forgets what is in flight (late results are ignored
-    /// because their delivery ids are gone), remembers the id for a minute.
-    func end(_ job: JobState) {
+    /// because their delivery ids are gone), remembers the id for a minute (unless the client is
+    /// gone: a reconnecting client may then submit it anew).
+    func end(_ job: JobState, remember: Bool = true) {
         for fragment in job.live.values {
             fragment.dropped = true
             if fragment.deliveryID == 0 { job.service.queuedCount -= 1 }
             release(fragment)
             if fragment.deliveryID != 0 {
                 deliveries[fragment.deliveryID] = nil
-                if let worker = fragment.worker { workerFinished(worker, delivery: fragment.deliveryID) }
+                if let worker = fragment.worker { workerFinished(worker, delivery: fragment.deliveryID, suspect: fragment.wasSuspectWhenSent) }
             }
         }
         job.live.removeAll()
-        endedJobs[job.key] = Self.now &+ 60_000_000_000
+        if remember { endedJobs[job.key] = (Self.now &+ 60_000_000_000, job.replyTo.id) }
         forget(job)
     }
 
@@ -139,8 +156,14 @@ extension BrokerEngine {
                 service.workers[serial]?.suspended = true
                 continue
             }
-            // queuedCount counts live fragments only, so this cannot come back empty.
-            guard let fragment = service.dequeue() else { return }
+            // queuedCount counts live fragments only; nil here means only suspects are left and
+            // this worker already holds one (§4.1): it waits for its suspect to resolve.
+            guard let fragment = service.dequeue(for: connection) else {
+                service.scheduler.suspend(serial)
+                worker.suspended = true
+                parkedForSuspects.append((service, serial))
+                continue
+            }
             deliver(fragment, to: connection, worker: worker, service: service)
         }
     }
@@ -150,6 +173,8 @@ extension BrokerEngine {
         fragment.deliveryID = delivery
         fragment.worker = connection
         fragment.attempts += 1
+        fragment.wasSuspectWhenSent = fragment.suspect
+        if fragment.suspect { connection.suspects += 1 }
         Wire.rewrite(fragment.message, command: .work, tag: delivery)
         deliveries[delivery] = fragment
         connection.deliveries.insert(delivery)
@@ -168,14 +193,31 @@ extension BrokerEngine {
     }
 
     /// A worker's delivery ended (result, reject, job ended): return its credit.
-    func workerFinished(_ connection: Connection, delivery: UInt64) {
+    func workerFinished(_ connection: Connection, delivery: UInt64, suspect: Bool = false) {
         guard connection.deliveries.remove(delivery) != nil else { return }
         connection.inFlight -= 1
+        if suspect {
+            connection.suspects -= 1
+            unparkSuspectWaiters()
+        }
         guard let service = connection.service, let worker = service.workers[connection.key.serial] else { return }
         worker.inFlight -= 1
         if worker.suspended && worker.hasCredit && !connection.key.revoked {
             worker.suspended = false
             service.scheduler.resume(worker.key.serial)
+        }
+    }
+
+    /// A suspect resolved somewhere: workers parked because they held one may take one again.
+    func unparkSuspectWaiters() {
+        guard !parkedForSuspects.isEmpty else { return }
+        let parked = parkedForSuspects
+        parkedForSuspects.removeAll()
+        for (service, serial) in parked {
+            guard let worker = service.workers[serial], worker.suspended, worker.hasCredit else { continue }
+            worker.suspended = false
+            service.scheduler.resume(serial)
+            dispatch(service)
         }
     }
 
@@ -268,20 +310,20 @@ extension BrokerEngine {
             return
         }
         deliveries[result.tag] = nil
-        workerFinished(connection, delivery: result.tag)
+        workerFinished(connection, delivery: result.tag, suspect: fragment.wasSuspectWhenSent)
         job.live[fragment.index] = nil
         release(fragment)
         Wire.rewrite(message, command: .result, tag: connection.key.publicKey.tag)
         let sentMessage = message
         if !sendKept(sentMessage, to: job.replyTo) {
             logger.warning("client unreachable; dropping its job", metadata: ["client": "\(job.replyTo.key.fingerprint)"])
-            end(job)
+            end(job, remember: false)
         } else {
             statistics.results += 1
-            job.completed += 1
-            if job.completed == Int(job.count) {
+            job.done.insert(fragment.index)
+            if job.done.count == Int(job.count) {
                 statistics.completedJobs += 1
-                endedJobs[job.key] = Self.now &+ 60_000_000_000
+                endedJobs[job.key] = (Self.now &+ 60_000_000_000, job.replyTo.id)
                 jobs[job.key] = nil
                 job.replyTo.jobs.remove(job.key)
                 jobsPerClient[job.key.client, default: 1] -= 1
@@ -318,7 +360,7 @@ extension BrokerEngine {
             attemptFailed(fragment, connection: connection, code: .retriesExhausted, reason: reason)
         } else {
             deliveries[delivery] = nil
-            workerFinished(connection, delivery: delivery)
+            workerFinished(connection, delivery: delivery, suspect: fragment.wasSuspectWhenSent)
             let passed = FailureCode.passedThrough(fromWorker: code)
             failJob(fragment.job, index: fragment.index, code: passed, reason: "worker \(connection.key.name): \(reason)")
             if let service = connection.service { dispatch(service) }
@@ -327,13 +369,15 @@ extension BrokerEngine {
 
     /// One delivery of a fragment failed: requeue it at the front, or fail its job once it has
     /// been charged max-deliveries times.
-    func attemptFailed(_ fragment: FragmentState, connection: Connection?, code: FailureCode, reason: String) {
+    func attemptFailed(_ fragment: FragmentState, connection: Connection?, code: FailureCode, reason: String,
+                       markSuspect: Bool = false) {
         if fragment.deliveryID != 0 {
             deliveries[fragment.deliveryID] = nil
-            if let connection { workerFinished(connection, delivery: fragment.deliveryID) }
+            if let connection { workerFinished(connection, delivery: fragment.deliveryID, suspect: fragment.wasSuspectWhenSent) }
         }
         fragment.deliveryID = 0
         fragment.worker = nil
+        if markSuspect { fragment.suspect = true }
         if fragment.attempts >= configuration.maxDeliveries {
             failJob(fragment.job, index: fragment.index, code: .retriesExhausted,
                     reason: "fragment \(fragment.index) failed \(fragment.attempts) deliveries (last: \(reason))")
@@ -357,10 +401,11 @@ extension BrokerEngine {
                 service.workers[connection.key.serial] = nil
                 service.scheduler.remove(connection.key.serial)
             }
+            // Every fragment the worker held is charged, and becomes a suspect (§4.1).
             for delivery in connection.deliveries {
                 guard let fragment = deliveries[delivery] else { continue }
-                fragment.suspect = true
-                attemptFailed(fragment, connection: connection, code: .retriesExhausted, reason: "worker \(connection.key.name) \(reason)")
+                attemptFailed(fragment, connection: connection, code: .retriesExhausted, reason: "worker \(connection.key.name) \(reason)",
+                              markSuspect: true)
             }
             connection.service = nil
         }
@@ -372,7 +417,7 @@ extension BrokerEngine {
                 other.jobs.insert(jobKey)
             } else {
                 statistics.abandonedJobs += 1
-                end(job)
+                end(job, remember: false)
             }
         }
         connection.jobs.removeAll()
@@ -435,7 +480,7 @@ extension BrokerEngine {
                         reason: "no worker serves '\(service.name)' (waited \(configuration.serviceTimeout))")
             }
         }
-        if endedJobs.count > 0 { endedJobs = endedJobs.filter { $0.value > now } }
+        if endedJobs.count > 0 { endedJobs = endedJobs.filter { $0.value.expiry > now } }
     }
 
     // MARK: drain

@@ -19,10 +19,15 @@ final class BrokerEngine {
     var services: [String: ServiceState] = [:]
     var jobs: [JobKey: JobState] = [:]
     var jobsPerClient: [Int: Int] = [:]
-    var endedJobs: [JobKey: UInt64] = [:]
+    /// Ended job ids, for a minute: expiry and the connection that ran them (a SUBMIT for one from
+    /// that connection gets 410; from another connection of the key it starts the job anew: the
+    /// client reconnected and lost results on the way).
+    var endedJobs: [JobKey: (expiry: UInt64, connection: RoutingID)] = [:]
     var deliveries: [UInt64: FragmentState] = [:]
     var bytesHeld = 0
     var draining = false
+    /// Workers suspended because only suspects are queued and they hold one already.
+    var parkedForSuspects: [(ServiceState, Int)] = []
     var drainWaiters: [CheckedContinuation<Void, Never>] = []
 
     private var nextKeySerial = 1
@@ -32,9 +37,11 @@ final class BrokerEngine {
     private var allowlistGeneration: UInt64 = 0
     /// Reused for every routing-id frame; bodies get a message of their own (they may be kept).
     private let routingFrame = ZMQMessage()
+    private var monitor: SocketMonitor?
     let limits: ProtocolLimits
 
-    init(server: CurveServerSocket, allowlist: Allowlist, configuration: BrokerConfiguration, thread: SocketThread, logger: Logger) {
+    init(server: CurveServerSocket, context: SecureContext, allowlist: Allowlist, configuration: BrokerConfiguration,
+         thread: SocketThread, logger: Logger) {
         self.server = server
         self.allowlist = allowlist
         self.configuration = configuration
@@ -44,6 +51,40 @@ final class BrokerEngine {
         allowlistGeneration = allowlist.generation
         registration = thread.register(server.socket, onReadable: { [unowned self] in self.readAll() })
         thread.schedule(after: .milliseconds(100), every: .milliseconds(100)) { [unowned self] in self.tick() }
+        // libzmq 4.3.4 (no DRAFT API) has no per-peer disconnect notice on a ROUTER. Its monitor
+        // says *that* a connection dropped, not which: probe the peers then, and a send to a
+        // dropped peer fails at once with EHOSTUNREACH (ZMQ_ROUTER_MANDATORY).
+        monitor = try? SocketMonitor(socket: server.socket, context: context.handle, thread: thread,
+                                     events: ZMQ_EVENT_DISCONNECTED) { [unowned self] _ in
+            self.probePeers()
+            // The pipe's end can reach the socket a little after the event: look again shortly.
+            self.thread.schedule(after: .milliseconds(20)) { [weak self] in self?.probePeers() }
+            self.thread.schedule(after: .milliseconds(250)) { [weak self] in self?.probePeers() }
+        }
+    }
+
+    /// Sends HEARTBEAT to every connection; one whose pipe is gone fails with EHOSTUNREACH and
+    /// is removed at once: a killed worker's fragments are requeued without waiting for its
+    /// heartbeats to stop, a vanished client's work is dropped.
+    func probePeers() {
+        let heartbeat = Wire.heartbeat()
+        for connection in Array(connections.values) {
+            do throws(SecureMQError) {
+                let sent = try server.socket.send(connection.address, more: true)
+                if sent { _ = try server.socket.send(heartbeat) }
+            } catch {
+                guard error.errno == EHOSTUNREACH else {
+                    logger.error("probe failed", metadata: ["error": "\(error)"])
+                    continue
+                }
+                statistics.droppedConnections += 1
+                logger.warning("peer connection dropped", metadata: [
+                    "key": "\(connection.key.fingerprint)", "name": "\(connection.key.name)",
+                    "role": "\(connection.isWorker ? "worker" : "client")", "inFlight": "\(connection.inFlight)",
+                ])
+                remove(connection, reason: "dropped its connection")
+            }
+        }
     }
 
     static var now: UInt64 { SocketThread.now() }
@@ -239,6 +280,8 @@ final class BrokerEngine {
     // MARK: lifecycle
 
     func close() {
+        monitor?.stop()
+        monitor = nil
         for connection in connections.values {
             sendDisconnect(to: connection.address, reason: "broker shutting down")
         }

@@ -39,6 +39,8 @@ final class Connection {
     var heartbeatInterval: UInt64 = 0
     var lastHeartbeatSent: UInt64 = 0
     var deliveries: Set<UInt64> = []
+    /// Suspects held (fragments whose earlier worker died): never more than one (§4.1).
+    var suspects = 0
     // As a client:
     var jobs: Set<JobKey> = []
     var pingSeen = false
@@ -66,8 +68,12 @@ final class JobState {
     let totalLength: UInt64
     /// The connection results go to: the one that sent the latest SUBMIT.
     var replyTo: Connection
+    /// Indexes queued, in flight or done.
     var accepted = SparseBitSet()
-    var completed = 0
+    /// Indexes whose result was sent.
+    var done = SparseBitSet()
+    /// Set once the client resubmitted from a new connection: done fragments may run again.
+    var rerunAllowed = false
     /// Queued and in-flight fragments, to drop them when the job ends.
     var live: [UInt32: FragmentState] = [:]
 
@@ -92,6 +98,8 @@ final class FragmentState {
     var enqueuedAt: UInt64
     var deliveryID: UInt64 = 0
     weak var worker: Connection?
+    /// Whether the current delivery counts against its worker's one-suspect limit.
+    var wasSuspectWhenSent = false
     var dropped = false
 
     init(job: JobState, index: UInt32, message: ZMQMessage, bodyLength: Int, now: UInt64) {
@@ -112,6 +120,8 @@ final class ServiceState {
     /// Queued fragments per client key, served round-robin so one big job starves nobody.
     var queues: [Int: Deque<FragmentState>] = [:]
     var clientOrder: Deque<Int> = []
+    /// Fragments charged by a worker's death, served first, one per worker at a time.
+    var suspects: Deque<FragmentState> = []
     var queuedCount = 0
 
     init(name: String, strategy: BrokerConfiguration.Strategy) {
@@ -120,12 +130,33 @@ final class ServiceState {
     }
 
     func enqueue(_ fragment: FragmentState, client: Int, front: Bool = false) {
+        if fragment.suspect {
+            suspects.append(fragment)
+            queuedCount += 1
+            return
+        }
         if queues[client] == nil {
             queues[client] = []
             clientOrder.append(client)
         }
         if front { queues[client]!.prepend(fragment) } else { queues[client]!.append(fragment) }
         queuedCount += 1
+    }
+
+    /// The next fragment for `worker`: a suspect first if it holds none, else round-robin over
+    /// clients; skips fragments whose job has ended.
+    func dequeue(for worker: Connection) -> FragmentState? {
+        if worker.suspects == 0 {
+            while let next = suspects.popFirst() {
+                if !next.dropped { queuedCount -= 1; return next }
+            }
+        }
+        return dequeue()
+    }
+
+    /// Live suspects waiting.
+    var hasOnlySuspects: Bool {
+        suspects.contains { !$0.dropped } && queues.values.allSatisfy { $0.allSatisfy(\.dropped) }
     }
 
     /// The next fragment, round-robin over clients; skips fragments whose job has ended.
@@ -150,7 +181,7 @@ final class ServiceState {
 
     /// Drops queued fragments that match (a job ended, a client left); they are skipped lazily.
     func oldestQueued() -> FragmentState? {
-        var oldest: FragmentState?
+        var oldest: FragmentState? = suspects.first { !$0.dropped }
         for queue in queues.values {
             if let head = queue.first(where: { !$0.dropped }), oldest == nil || head.enqueuedAt < oldest!.enqueuedAt { oldest = head }
         }

@@ -14,6 +14,10 @@ public struct BrokerStatistics: Sendable, Hashable {
     public var duplicateSubmits = 0
     public var strayResults = 0
     public var deadWorkers = 0
+    /// Connections found dropped (a killed process, a network cut).
+    public var droppedConnections = 0
+    /// Fragments run again because their client reconnected and may have lost the result.
+    public var reruns = 0
     public var revocations = 0
     public var revokedMessages = 0
     /// Fragment bodies held now (queued and in flight), in bytes.

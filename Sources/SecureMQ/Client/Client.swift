@@ -20,6 +20,9 @@ public final class Client: Sendable {
         public var maxFragmentSize: Int = 1 << 20
         /// PING interval while jobs are open.
         public var heartbeatInterval: Duration = .milliseconds(2500)
+        /// Intervals without an answer from the broker after which the client reconnects (and
+        /// resubmits what is outstanding).
+        public var liveness: Int = 3
         public var connection = ConnectionOptions()
 
         public init() {}

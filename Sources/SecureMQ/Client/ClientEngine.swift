@@ -63,7 +63,8 @@ final class ClientEngine {
     private var jobs: [JobID: ClientJob] = [:]
     private var registration: SocketThread.Registration?
     private var received = ZMQMessage()
-    private var lastPing: UInt64 = 0
+    private var lastHeard: UInt64 = SocketThread.now()
+    private var everConnected = false
 
     init(socket: CurveClientSocket, thread: SocketThread, options: Client.Options, logger: Logger) {
         client = socket
@@ -74,6 +75,10 @@ final class ClientEngine {
         connectWaiters = Waiters(thread: thread)
         registration = thread.register(socket.socket, onReadable: { [unowned self] in self.readAll() })
         socket.onStateChange = { [unowned self] state in self.stateChanged(state) }
+        socket.onSocketReplaced = { [unowned self] replacement in
+            if let registration = self.registration { thread.unregister(registration) }
+            self.registration = thread.register(replacement, onReadable: { [unowned self] in self.readAll() })
+        }
         thread.schedule(after: options.heartbeatInterval, every: options.heartbeatInterval) { [unowned self] in self.heartbeat() }
     }
 
@@ -88,6 +93,9 @@ final class ClientEngine {
     private func stateChanged(_ state: CurveClientSocket.State) {
         switch state {
         case .connected:
+            lastHeard = SocketThread.now()
+            if everConnected { resubmitOutstanding() }
+            everConnected = true
             while connectWaiters.resumeFirst(true) {}
         case .failed(let error):
             failAll(error)
@@ -120,6 +128,7 @@ final class ClientEngine {
         } catch {
             throw SecureMQError(.invalidConfiguration, "cannot split the payload: \(error)")
         }
+        if jobs.isEmpty { lastHeard = SocketThread.now() }
         jobs[job.jobID] = job
         pump(job)
         return job
@@ -225,8 +234,34 @@ final class ClientEngine {
     // MARK: receiving
 
     private func heartbeat() {
-        guard client.isConnected, !jobs.isEmpty else { return }
+        guard !jobs.isEmpty else {
+            lastHeard = SocketThread.now()
+            return
+        }
+        let silence = SocketThread.now() &- lastHeard
+        if silence > options.heartbeatInterval.nanoseconds &* UInt64(options.liveness) {
+            // The broker answers every PING; silence this long means it is gone or frozen.
+            lastHeard = SocketThread.now()
+            client.reconnect(because: "no answer from the broker for \(silence / 1_000_000) ms")
+            return
+        }
+        guard client.isConnected else { return }
         _ = try? client.socket.send(Wire.ping())
+    }
+
+    /// After a reconnection: what the broker may have lost (it restarted, or the old connection
+    /// took queued fragments or results with it) is sent again from the kept SUBMITs. The broker
+    /// ignores what it still holds, and the gatherer drops results that come twice.
+    private func resubmitOutstanding() {
+        var count = 0
+        for job in jobs.values where job.failure == nil {
+            for index in job.outstanding.keys.sorted() {
+                send(copyOf: job.outstanding[index]!)
+                count += 1
+            }
+            job.stats.resubmitted += job.outstanding.count
+        }
+        if count > 0 { logger.notice("reconnected; resubmitted outstanding fragments", metadata: ["fragments": "\(count)"]) }
     }
 
     private func readAll() {
@@ -236,6 +271,7 @@ final class ClientEngine {
             } catch {
                 return
             }
+            lastHeard = SocketThread.now()
             if received.hasMore {
                 while (try? client.socket.receive(into: received)) == true && received.hasMore {}
                 logger.warning("dropped a multipart message from the broker")

@@ -38,6 +38,8 @@ public struct JobSummary: Sendable {
     public var perWorker: [UInt64: Int] = [:]
     /// Fragments resent because the broker was busy.
     public var busyResends = 0
+    /// Fragments sent again after a reconnection.
+    public var resubmitted = 0
     /// Duplicate results dropped (a retried fragment answered twice).
     public var duplicates = 0
     public var elapsed: Duration = .zero

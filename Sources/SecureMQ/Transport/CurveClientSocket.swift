@@ -13,7 +13,7 @@ final class CurveClientSocket {
         case closed
     }
 
-    let socket: ZMQSocket
+    private(set) var socket: ZMQSocket
     let endpoint: String
     private(set) var state: State = .connecting
     private var monitor: SocketMonitor?
@@ -28,6 +28,10 @@ final class CurveClientSocket {
     /// Called on the owner thread on every state change.
     var onStateChange: (State) -> Void = { _ in }
 
+    private let context: SecureContext
+    /// Called on the owner thread when ``reconnect(because:)`` replaced the socket.
+    var onSocketReplaced: (ZMQSocket) -> Void = { _ in }
+
     init(context: SecureContext, thread: SocketThread, endpoint: String, serverKey: PublicKey, keyPair: KeyPair,
          options: ConnectionOptions, logger: Logger) throws(SecureMQError) {
         self.thread = thread
@@ -36,7 +40,20 @@ final class CurveClientSocket {
         self.keyPair = keyPair
         self.options = options
         self.logger = logger
-        socket = try ZMQSocket(context: context.handle, kind: .dealer)
+        self.context = context
+        socket = try Self.makeSocket(context: context, serverKey: serverKey, keyPair: keyPair, options: options)
+        try startMonitorAndConnect()
+        if let timeout = options.connectTimeout {
+            connectTimer = thread.schedule(after: timeout) { [unowned self] in
+                guard case .connecting = self.state, !self.everConnected else { return }
+                self.fail(SecureMQError(.unreachable, "no SecureMQ server answered at \(endpoint) within \(timeout): is it running, and is the endpoint right?"))
+            }
+        }
+    }
+
+    private static func makeSocket(context: SecureContext, serverKey: PublicKey, keyPair: KeyPair,
+                                   options: ConnectionOptions) throws(SecureMQError) -> ZMQSocket {
+        let socket = try ZMQSocket(context: context.handle, kind: .dealer)
         do {
             try socket.configureCurveClient(keyPair: keyPair, serverKey: serverKey)
             try socket.configureLimits(maxMessageSize: options.maxMessageSize, highWaterMark: options.highWaterMark,
@@ -47,6 +64,16 @@ final class CurveClientSocket {
                 // ZMQ_METADATA (95): in libzmq 4.3.4's DRAFT section of zmq.h, but built in.
                 try socket.set(95, string: "\(name):\(value)")
             }
+        } catch {
+            socket.close(linger: .zero)
+            throw error
+        }
+        return socket
+    }
+
+    /// Monitors the socket, then connects it, so no event is missed.
+    private func startMonitorAndConnect() throws(SecureMQError) {
+        do {
             let events = ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH
                 | ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL | ZMQ_EVENT_DISCONNECTED
             monitor = try SocketMonitor(socket: socket, context: context.handle, thread: thread, events: events) { [unowned self] event in
@@ -55,15 +82,34 @@ final class CurveClientSocket {
             try socket.connect(endpoint)
         } catch {
             monitor?.stop()
+            monitor = nil
             socket.close(linger: .zero)
             throw error
         }
-        if let timeout = options.connectTimeout {
-            connectTimer = thread.schedule(after: timeout) { [unowned self] in
-                guard case .connecting = self.state, !self.everConnected else { return }
-                self.fail(SecureMQError(.unreachable, "no SecureMQ server answered at \(endpoint) within \(timeout): is it running, and is the endpoint right?"))
-            }
+    }
+
+    /// Drops the connection and makes a new one: a new socket, so the server sees a new peer.
+    /// For a server gone silent while TCP stays up (a stopped process), which libzmq's own
+    /// reconnect never notices.
+    func reconnect(because reason: String) {
+        switch state {
+        case .failed, .closed: return
+        default: break
         }
+        logger.warning("reconnecting", metadata: ["endpoint": "\(endpoint)", "reason": "\(reason)"])
+        monitor?.stop()
+        monitor = nil
+        socket.close(linger: .zero)
+        do {
+            socket = try Self.makeSocket(context: context, serverKey: serverKey, keyPair: keyPair, options: options)
+            try startMonitorAndConnect()
+        } catch {
+            set(.failed(error))
+            return
+        }
+        handshakeFailures = 0
+        onSocketReplaced(socket)
+        set(.connecting)
     }
 
     var isConnected: Bool {

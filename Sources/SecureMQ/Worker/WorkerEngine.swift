@@ -24,7 +24,6 @@ final class WorkerEngine {
     private(set) var endReason: SecureMQError?
     private(set) var processed = 0
     private var lastHeard: UInt64
-    private var brokerSilent = false
     private var received = ZMQMessage()
 
     init(socket: CurveClientSocket, thread: SocketThread, service: ServiceName, options: Worker.Options, logger: Logger) {
@@ -38,6 +37,10 @@ final class WorkerEngine {
         lastHeard = SocketThread.now()
         registration = thread.register(socket.socket, onReadable: { [unowned self] in self.readAll() })
         socket.onStateChange = { [unowned self] state in self.stateChanged(state) }
+        socket.onSocketReplaced = { [unowned self] replacement in
+            if let registration = self.registration { thread.unregister(registration) }
+            self.registration = thread.register(replacement, onReadable: { [unowned self] in self.readAll() })
+        }
         thread.schedule(after: options.heartbeatInterval, every: options.heartbeatInterval) { [unowned self] in self.heartbeat() }
     }
 
@@ -90,9 +93,11 @@ final class WorkerEngine {
         _ = try? client.socket.send(Wire.heartbeat())
         let silence = SocketThread.now() &- lastHeard
         let limit = options.heartbeatInterval.nanoseconds &* UInt64(options.liveness)
-        if silence > limit && !brokerSilent {
-            brokerSilent = true
-            logger.warning("broker silent; waiting for it to come back", metadata: ["endpoint": "\(client.endpoint)"])
+        if silence > limit {
+            // The broker stopped heartbeating us: it is gone, frozen, or it expired this
+            // connection (we were stopped). A new connection re-registers with READY.
+            lastHeard = SocketThread.now()
+            client.reconnect(because: "no message from the broker for \(silence / 1_000_000) ms")
         }
     }
 
@@ -104,7 +109,6 @@ final class WorkerEngine {
                 return
             }
             lastHeard = SocketThread.now()
-            brokerSilent = false
             if received.hasMore {
                 while (try? client.socket.receive(into: received)) == true && received.hasMore {}
                 logger.warning("dropped a multipart message from the broker")
