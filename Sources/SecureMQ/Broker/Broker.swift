@@ -65,6 +65,14 @@ public final class Broker: Sendable {
         return (try? await thread.run { () throws(SecureMQError) in box.value.snapshot() }) ?? BrokerStatistics()
     }
 
+    /// Whether a shutdown has begun (new SUBMITs get `503`).
+    public var isDraining: Bool {
+        get async {
+            let box = UncheckedBox(engine)
+            return (try? await thread.run { () throws(SecureMQError) in box.value.draining }) ?? true
+        }
+    }
+
     /// Re-reads the allowlist now and applies it to live peers (revoked keys are cut off).
     public func allowlistChanged() async {
         let box = UncheckedBox(engine)

@@ -120,7 +120,11 @@ extension BrokerEngine {
     func end(_ job: JobState, remember: Bool = true) {
         for fragment in job.live.values {
             fragment.dropped = true
-            if fragment.deliveryID == 0 { job.service.queuedCount -= 1 }
+            if fragment.queued {
+                // Left in its deque and skipped there; no longer counted.
+                fragment.queued = false
+                job.service.queuedCount -= 1
+            }
             release(fragment)
             if fragment.deliveryID != 0 {
                 deliveries[fragment.deliveryID] = nil
@@ -159,6 +163,12 @@ extension BrokerEngine {
             // queuedCount counts live fragments only; nil here means only suspects are left and
             // this worker already holds one (§4.1): it waits for its suspect to resolve.
             guard let fragment = service.dequeue(for: connection) else {
+                guard service.hasOnlySuspects else {
+                    // queuedCount and the deques disagree: a bug, but never a stall.
+                    logger.error("queue count out of step; resetting", metadata: ["service": "\(service.name)", "count": "\(service.queuedCount)"])
+                    service.queuedCount = 0
+                    return
+                }
                 service.scheduler.suspend(serial)
                 worker.suspended = true
                 parkedForSuspects.append((service, serial))

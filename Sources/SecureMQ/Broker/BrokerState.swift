@@ -98,6 +98,8 @@ final class FragmentState {
     var enqueuedAt: UInt64
     var deliveryID: UInt64 = 0
     weak var worker: Connection?
+    /// In a service queue now (counted in its `queuedCount`).
+    var queued = false
     /// Whether the current delivery counts against its worker's one-suspect limit.
     var wasSuspectWhenSent = false
     var dropped = false
@@ -130,6 +132,7 @@ final class ServiceState {
     }
 
     func enqueue(_ fragment: FragmentState, client: Int, front: Bool = false) {
+        fragment.queued = true
         if fragment.suspect {
             suspects.append(fragment)
             queuedCount += 1
@@ -148,7 +151,7 @@ final class ServiceState {
     func dequeue(for worker: Connection) -> FragmentState? {
         if worker.suspects == 0 {
             while let next = suspects.popFirst() {
-                if !next.dropped { queuedCount -= 1; return next }
+                if !next.dropped { queuedCount -= 1; next.queued = false; return next }
             }
         }
         return dequeue()
@@ -168,7 +171,7 @@ final class ServiceState {
             var found: FragmentState?
             while let next = queue.popFirst() {
                 // Dropped fragments were already taken off queuedCount when their job ended.
-                if !next.dropped { queuedCount -= 1; found = next; break }
+                if !next.dropped { queuedCount -= 1; next.queued = false; found = next; break }
             }
             if !queue.isEmpty {
                 queues[client] = queue

@@ -1,0 +1,187 @@
+import Testing
+import Glibc
+import Synchronization
+@testable import SecureMQ
+
+/// Faults inside one process: workers leaving, poison fragments, revocation, draining.
+/// (The same faults with killed and stopped processes are in CLITests.)
+@Suite(.timeLimit(.minutes(2)))
+struct FaultTests {
+    @Test func workerLeavingMidJobHasItsFragmentsRequeued() async throws {
+        let fixture = try await PipelineFixture(peers: [("client-1", "client", 1), ("w1", "worker", 1), ("w2", "worker", 1)])
+        let handled = SharedCounter()
+        let leaving = try await fixture.startWorker("w1", credit: 8, handler: { item in
+            // Hold on to work so the worker has fragments in flight when it leaves.
+            try await Task.sleep(for: .milliseconds(20))
+            handled.increment()
+            return item.body
+        })
+        try await fixture.startWorker("w2", credit: 8)
+        let client = try await fixture.client("client-1") { $0.fragmentSize = 1024; $0.window = 64 }
+        try await fixture.waitForWorkers(2, using: client)
+        let payload = patternBytes(1024 * 400)
+        let job = try await client.submit(.bytes(payload), to: "echo")
+        var gathered: [UInt8] = []
+        var indexes: [Int] = []
+        for try await result in job {
+            indexes.append(result.index)
+            gathered.append(contentsOf: result.body)
+            if indexes.count == 20 { Task { await leaving.close() } }
+        }
+        #expect(gathered == payload)
+        #expect(indexes == Array(0..<400))
+        let statistics = await fixture.broker.statistics()
+        #expect(statistics.requeued > 0)
+        await client.close()
+        await fixture.stop()
+    }
+
+    @Test func poisonFragmentFailsItsJobWith504AndAnotherJobCompletes() async throws {
+        let fixture = try await PipelineFixture(peers: [("client-1", "client", 1), ("w1", "worker", 1), ("w2", "worker", 1)]) {
+            $0.maxDeliveries = 3
+        }
+        let poisonJob = Mutex<String?>(nil)
+        let handler: @Sendable (WorkItem) async throws -> [UInt8] = { item in
+            if item.index == 2, poisonJob.withLock({ $0 }) == item.jobID {
+                throw WorkRejection(code: 500, retryable: true, reason: "handler crashed on this input")
+            }
+            return item.body
+        }
+        try await fixture.startWorker("w1", handler: handler)
+        try await fixture.startWorker("w2", handler: handler)
+        let client = try await fixture.client("client-1") { $0.fragmentSize = 100 }
+        let poisoned = try await client.submit(.bytes(patternBytes(1000)), to: "echo")
+        poisonJob.withLock { $0 = poisoned.id }
+        let healthy = try await client.submit(.bytes(patternBytes(5000, seed: 7)), to: "echo")
+        let error = await #expect(throws: SecureMQError.self) { _ = try await poisoned.collect() }
+        #expect(error?.status == 504)
+        #expect(error?.fragmentIndex == 2)
+        #expect(try await healthy.collect() == patternBytes(5000, seed: 7))
+        await client.close()
+        await fixture.stop()
+    }
+
+    @Test func revokedWorkerIsCutOffAndTheJobCompletesOnTheOthers() async throws {
+        let directory = "/tmp/smq-revoke-\(UInt64.random(in: 0...UInt64.max))"
+        mkdir(directory, 0o755)
+        defer { _ = try? removeTree(directory) }
+        let brokerKeys = KeyPair.generate()
+        let names = ["client-1", "w1", "w2"]
+        var keys: [String: KeyPair] = [:]
+        for name in names {
+            let pair = KeyPair.generate()
+            keys[name] = pair
+            let role = name.hasPrefix("w") ? "worker" : "client"
+            try Certificate(publicKey: pair.publicKey, metadata: CertificateMetadata(validating: [("name", name), ("role", role)]))
+                .save(directory: directory, name: name)
+        }
+        let context = SecureContext()
+        let (logger, logs) = capturingLogger("broker")
+        let allowlist = try Allowlist(directory: directory, logger: logger)
+        var configuration = BrokerConfiguration()
+        configuration.endpoints = ["tcp://127.0.0.1:*"]
+        configuration.allowlistCheckInterval = .milliseconds(50)
+        let broker = try await Broker.start(keyPair: brokerKeys, allowlist: allowlist, configuration: configuration,
+                                            context: context, logger: logger)
+        let endpoint = broker.endpoints[0]
+        let afterRevocation = SharedCounter()
+        let revoked = SharedFlag()
+        var tasks: [Task<Void, any Error>] = []
+        var workers: [Worker] = []
+        for name in ["w1", "w2"] {
+            let worker = try await Worker.connect(to: endpoint, brokerKey: brokerKeys.publicKey, keyPair: keys[name]!,
+                                                  service: "echo", context: context)
+            workers.append(worker)
+            let isW1 = name == "w1"
+            tasks.append(Task {
+                try await worker.run { item in
+                    if isW1 && revoked.value { afterRevocation.increment() }
+                    try await Task.sleep(for: .milliseconds(2))
+                    return item.body
+                }
+            })
+        }
+        let client = try await Client.connect(to: endpoint, brokerKey: brokerKeys.publicKey, keyPair: keys["client-1"]!,
+                                              options: { var o = Client.Options(); o.fragmentSize = 512; return o }(), context: context)
+        let payload = patternBytes(512 * 600)
+        let job = try await client.submit(.bytes(payload), to: "echo")
+        var gathered: [UInt8] = []
+        var seen = 0
+        for try await result in job {
+            gathered.append(contentsOf: result.body)
+            seen += 1
+            if seen == 50 {
+                unlink(directory + "/w1.key")
+                // Wait until the broker has applied it (its content check runs every 50 ms).
+                try await waitFor("revocation") { await broker.statistics().revocations == 1 }
+                revoked.set()
+            }
+        }
+        #expect(gathered == payload)
+        // w1 may finish what it already held, but gets nothing new.
+        #expect(afterRevocation.value <= 32)
+        let w1Result = await #expect(throws: SecureMQError.self) { try await tasks[0].value }
+        #expect(w1Result?.code == .disconnected)
+        #expect(logs.contains("key revoked", where: "name", is: "w1"))
+        let summary = await job.summary()
+        #expect(summary.duplicates == 0)
+        await client.close()
+        for worker in workers { await worker.close() }
+        await broker.shutdown()
+    }
+
+    @Test func drainingBrokerAnswers503ToNewJobs() async throws {
+        let fixture = try await PipelineFixture(peers: [("client-1", "client", 1), ("w1", "worker", 1)]) {
+            $0.drainTimeout = .seconds(5)
+        }
+        try await fixture.startWorker("w1") { item in
+            try await Task.sleep(for: .milliseconds(200))
+            return item.body
+        }
+        let client = try await fixture.client("client-1")
+        try await fixture.waitForWorkers(1, using: client)
+        let inFlight = try await client.submit(.bytes([1, 2, 3]), to: "echo")
+        try await waitFor("dispatch") { await fixture.broker.statistics().dispatched >= 1 }
+        let shutdown = Task { await fixture.broker.shutdown() }
+        // The in-flight fragment still completes while the broker drains…
+        #expect(try await inFlight.collect() == [1, 2, 3])
+        await shutdown.value
+        await client.close()
+        for worker in fixture.workers { await worker.close() }
+    }
+
+    @Test func drainRefusesNewSubmits() async throws {
+        let fixture = try await PipelineFixture(peers: [("client-1", "client", 1), ("w1", "worker", 1)]) {
+            $0.drainTimeout = .seconds(5)
+        }
+        try await fixture.startWorker("w1") { item in
+            try await Task.sleep(for: .milliseconds(300))
+            return item.body
+        }
+        let client = try await fixture.client("client-1")
+        try await fixture.waitForWorkers(1, using: client)
+        let first = try await client.submit(.bytes([1]), to: "echo")
+        try await waitFor("dispatch") { await fixture.broker.statistics().dispatched >= 1 }
+        let shutdown = Task { await fixture.broker.shutdown() }
+        try await waitFor("draining") { await fixture.broker.isDraining }
+        let late = try await client.submit(.bytes([2]), to: "echo")
+        let error = await #expect(throws: SecureMQError.self) { _ = try await late.collect() }
+        #expect(error?.status == 503)
+        #expect(try await first.collect() == [1])
+        await shutdown.value
+        await client.close()
+        for worker in fixture.workers { await worker.close() }
+    }
+}
+
+final class SharedCounter: Sendable {
+    private let count = Atomic<Int>(0)
+    func increment() { _ = count.add(1, ordering: .relaxed) }
+    var value: Int { count.load(ordering: .relaxed) }
+}
+
+final class SharedFlag: Sendable {
+    private let flag = Atomic<Bool>(false)
+    func set() { flag.store(true, ordering: .relaxed) }
+    var value: Bool { flag.load(ordering: .relaxed) }
+}
