@@ -61,6 +61,9 @@ struct SecureBroker: AsyncParsableCommand {
     @Option(help: "Seconds a graceful shutdown waits for in-flight fragments.")
     var drainTimeout: Double = 10
 
+    @Option(help: "Seconds between statistics log lines.")
+    var statsInterval: Int = 60
+
     @Option(help: "Log level: trace, debug, info, notice, warning, error.")
     var logLevel: String = "info"
 
@@ -74,6 +77,7 @@ struct SecureBroker: AsyncParsableCommand {
         guard PeerRole(rawValue: defaultRole) != nil else {
             throw ValidationError("--default-role must be client, worker or both, not '\(defaultRole)'")
         }
+        guard statsInterval >= 1 else { throw ValidationError("--stats-interval must be at least 1 second") }
         guard Logger.Level(rawValue: logLevel) != nil else {
             throw ValidationError("--log-level must be one of trace, debug, info, notice, warning, error, critical")
         }
@@ -109,7 +113,7 @@ struct SecureBroker: AsyncParsableCommand {
             let certificate = try Certificate.load(path: cert, allowInsecurePermissions: allowInsecureSecret)
             let keyPair = try certificate.keyPair()
             let allowed = try Allowlist(directory: allowlist, logger: logger)
-            let service = BrokerService(keyPair: keyPair, allowlist: allowed, configuration: configuration, logger: logger)
+            let service = BrokerService(statsInterval: .seconds(statsInterval), keyPair: keyPair, allowlist: allowed, configuration: configuration, logger: logger)
             let group = ServiceGroup(configuration: .init(
                 services: [.init(service: service)],
                 gracefulShutdownSignals: [.sigterm, .sigint],
@@ -124,6 +128,7 @@ struct SecureBroker: AsyncParsableCommand {
 
 /// Runs the library's ``Broker`` until a graceful shutdown, then drains it.
 struct BrokerService: Service {
+    let statsInterval: Duration
     let keyPair: KeyPair
     let allowlist: Allowlist
     let configuration: BrokerConfiguration
@@ -146,10 +151,29 @@ struct BrokerService: Service {
             }
         }
         defer { reloads.cancel() }
+        let stats = Task {
+            while !Task.isCancelled {
+                try await Task.sleep(for: statsInterval)
+                log(await broker.statistics(), as: "statistics")
+            }
+        }
+        defer { stats.cancel() }
         try? await gracefulShutdown()
         logger.info("draining", metadata: ["timeout": "\(configuration.drainTimeout)"])
+        let final = await broker.statistics()
         await broker.shutdown()
-        logger.info("stopped")
+        log(final, as: "stopped")
+    }
+
+    private func log(_ statistics: BrokerStatistics, as message: Logger.Message) {
+        logger.info(message, metadata: [
+            "submitted": "\(statistics.submitted)", "dispatched": "\(statistics.dispatched)", "results": "\(statistics.results)",
+            "requeued": "\(statistics.requeued)", "completedJobs": "\(statistics.completedJobs)", "failedJobs": "\(statistics.failedJobs)",
+            "busy": "\(statistics.busy)", "malformed": "\(statistics.malformed)", "strayResults": "\(statistics.strayResults)",
+            "deadWorkers": "\(statistics.deadWorkers)", "droppedConnections": "\(statistics.droppedConnections)",
+            "revocations": "\(statistics.revocations)", "bytesHeld": "\(statistics.bytesHeld)", "peakBytesHeld": "\(statistics.peakBytesHeld)",
+            "workers": "\(statistics.workers)", "clients": "\(statistics.clients)",
+        ])
     }
 }
 

@@ -29,6 +29,9 @@ struct WorkerCommand: AsyncParsableCommand {
     @Option(help: "Testing aid: exit abruptly (as a crash) when given the fragment with this index.")
     var crashOnIndex: Int?
 
+    @Option(help: "Testing aid: exit abruptly (as a crash) when a fragment starts with this text (a poison input).")
+    var crashOnPrefix: String?
+
     func validate() throws {
         guard BuiltinService(rawValue: handler ?? service) != nil else {
             throw ValidationError("no built-in handler '\(handler ?? service)': use --handler echo, sha256 or upper")
@@ -55,6 +58,7 @@ struct WorkerCommand: AsyncParsableCommand {
         flushStandardOutput()
         let delay = delayMs
         let crashIndex = crashOnIndex
+        let crashPrefix = crashOnPrefix.map { Array($0.utf8) }
         // SIGTERM/SIGINT: leave the service (the broker requeues at once), then exit.
         let stop = Task {
             await waitForTerminationSignal()
@@ -63,6 +67,7 @@ struct WorkerCommand: AsyncParsableCommand {
         do throws(SecureMQError) {
             try await worker.run { item in
                 if let crashIndex, item.index == crashIndex { Glibc.exit(70) }
+                if let crashPrefix, item.body.starts(with: crashPrefix) { Glibc.exit(70) }
                 if delay > 0 { try await Task.sleep(for: .milliseconds(delay)) }
                 return builtin.handle(item.body)
             }
