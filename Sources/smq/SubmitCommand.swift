@@ -61,8 +61,11 @@ struct SubmitCommand: AsyncParsableCommand {
         var sink: FileHandle?
         if let output {
             if output == "-" { sink = FileHandle.standardOutput } else {
-                guard FileManager.default.createFile(atPath: output, contents: nil) else { fail("cannot create \(output)") }
-                sink = FileHandle(forWritingAtPath: output)
+                // open(2), not FileManager.createFile: that one writes a temporary file and renames
+                // it over the path, which would replace /dev/null or a FIFO with a regular file.
+                let fd = open(output, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+                guard fd >= 0 else { fail("cannot open \(output) for writing: \(String(cString: strerror(errno)))") }
+                sink = FileHandle(fileDescriptor: fd, closeOnDealloc: true)
             }
         }
         let progress = !quiet && isatty(STDERR_FILENO) != 0
