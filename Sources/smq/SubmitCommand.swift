@@ -95,6 +95,8 @@ struct SubmitCommand: AsyncParsableCommand {
                 payload digest: \(summary.payloadDigest)
                 result digest:  \(summary.resultDigest)
                 busy resends:   \(summary.busyResends)
+                resubmitted:    \(summary.resubmitted)
+                duplicates:     \(summary.duplicates)
                 """
             FileHandle.standardError.write(Data((report + "\n").utf8))
             if perWorker {

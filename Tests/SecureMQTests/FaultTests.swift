@@ -40,9 +40,10 @@ struct FaultTests {
         let fixture = try await PipelineFixture(peers: [("client-1", "client", 1), ("w1", "worker", 1), ("w2", "worker", 1)]) {
             $0.maxDeliveries = 3
         }
-        let poisonJob = Mutex<String?>(nil)
+        // The poison is in the content, as in real life: this handler fails on it every time.
+        let marker = Array("POISON".utf8)
         let handler: @Sendable (WorkItem) async throws -> [UInt8] = { item in
-            if item.index == 2, poisonJob.withLock({ $0 }) == item.jobID {
+            if item.body.starts(with: marker) {
                 throw WorkRejection(code: 500, retryable: true, reason: "handler crashed on this input")
             }
             return item.body
@@ -50,8 +51,9 @@ struct FaultTests {
         try await fixture.startWorker("w1", handler: handler)
         try await fixture.startWorker("w2", handler: handler)
         let client = try await fixture.client("client-1") { $0.fragmentSize = 100 }
-        let poisoned = try await client.submit(.bytes(patternBytes(1000)), to: "echo")
-        poisonJob.withLock { $0 = poisoned.id }
+        var poison = patternBytes(1000)
+        poison.replaceSubrange(200..<206, with: marker)
+        let poisoned = try await client.submit(.bytes(poison), to: "echo")
         let healthy = try await client.submit(.bytes(patternBytes(5000, seed: 7)), to: "echo")
         let error = await #expect(throws: SecureMQError.self) { _ = try await poisoned.collect() }
         #expect(error?.status == 504)

@@ -206,16 +206,21 @@ extension BrokerEngine {
     func workerFinished(_ connection: Connection, delivery: UInt64, suspect: Bool = false) {
         guard connection.deliveries.remove(delivery) != nil else { return }
         connection.inFlight -= 1
-        if suspect {
-            connection.suspects -= 1
-            unparkSuspectWaiters()
+        if suspect { connection.suspects -= 1 }
+        var resumed: ServiceState?
+        if let service = connection.service, let worker = service.workers[connection.key.serial] {
+            worker.inFlight -= 1
+            if worker.suspended && worker.hasCredit && !connection.key.revoked {
+                worker.suspended = false
+                service.scheduler.resume(worker.key.serial)
+                resumed = service
+            }
         }
-        guard let service = connection.service, let worker = service.workers[connection.key.serial] else { return }
-        worker.inFlight -= 1
-        if worker.suspended && worker.hasCredit && !connection.key.revoked {
-            worker.suspended = false
-            service.scheduler.resume(worker.key.serial)
-        }
+        // Credit first, then the workers waiting for a suspect to resolve, then new work: a
+        // worker that got credit back must be offered work now, whatever path freed it (a
+        // result, a reject, a job that ended under it).
+        if suspect { unparkSuspectWaiters() }
+        if let resumed { dispatch(resumed) }
     }
 
     /// A suspect resolved somewhere: workers parked because they held one may take one again.
@@ -491,6 +496,11 @@ extension BrokerEngine {
             }
         }
         if endedJobs.count > 0 { endedJobs = endedJobs.filter { $0.value.expiry > now } }
+        // A safety net: every path that frees credit dispatches, but work must never wait on a
+        // path that was missed.
+        for service in services.values where service.queuedCount > 0 && service.scheduler.eligibleCount > 0 {
+            dispatch(service)
+        }
     }
 
     // MARK: drain
