@@ -99,6 +99,7 @@ final class ChildProcess: Sendable, CustomStringConvertible {
         pid = try Spawn.start(executable: executable, arguments: arguments, environment: merged,
                               currentDirectory: currentDirectory, stdin: stdin ?? "/dev/null",
                               stdout: stdoutPath, stderr: stderrPath)
+        OrphanGuard.register(pid)
     }
 
     var description: String { "\(name) (pid \(pid))" }
@@ -106,7 +107,10 @@ final class ChildProcess: Sendable, CustomStringConvertible {
     /// How it ended, or nil while it runs (or is stopped). Reaps the child once it has ended.
     var termination: Termination? {
         ending.withLock { ending in
-            if ending == nil { ending = Spawn.reap(pid) }
+            if ending == nil {
+                ending = Spawn.reap(pid)
+                if ending != nil { OrphanGuard.unregister(pid) }
+            }
             return ending
         }
     }
@@ -261,7 +265,14 @@ enum Spawn {
         let error = open(stderr, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
         guard error >= 0 else { throw HarnessError("cannot create \(stderr): \(String(cString: strerror(errno)))") }
         defer { close(error) }
+        return try start(executable: executable, arguments: arguments, environment: environment, currentDirectory: currentDirectory,
+                         descriptors: (input, output, error))
+    }
 
+    /// Starts `executable` with the given descriptors as its stdin, stdout and stderr.
+    static func start(executable: String, arguments: [String], environment: [String: String], currentDirectory: String,
+                      descriptors: (stdin: Int32, stdout: Int32, stderr: Int32)) throws -> pid_t {
+        let (input, output, error) = descriptors
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
@@ -327,6 +338,55 @@ private enum GNUSpawnExtensions {
     /// `posix_spawn_file_actions_addchdir_np` (glibc 2.29).
     static let addChdir: AddChdir? = dlsym(nil, "posix_spawn_file_actions_addchdir_np")
         .map { unsafeBitCast($0, to: AddChdir.self) }
+}
+
+/// Kills the children of a test process that dies without tearing its harnesses down (killed by
+/// a timeout or a signal, crashed): a watchdog shell reads a pipe only this process can write to;
+/// at EOF (this process is gone) it kills the process group of every child still registered.
+/// A child is registered (a file named by its pid, which leads its own group) from its start
+/// until it is reaped, so the watchdog never signals a reused pid.
+enum OrphanGuard {
+    static let registry: String? = start()
+
+    static func register(_ pid: pid_t) {
+        guard let registry else { return }
+        _ = FileManager.default.createFile(atPath: "\(registry)/\(pid)", contents: nil)
+    }
+
+    static func unregister(_ pid: pid_t) {
+        guard let registry else { return }
+        unlink("\(registry)/\(pid)")
+    }
+
+    private static func start() -> String? {
+        var template = Array((NSTemporaryDirectory() + "/smq-children-XXXXXX").utf8CString)
+        guard let made = mkdtemp(&template) else { return nil }
+        let registry = String(cString: made)
+        var pipeEnds: [Int32] = [0, 0]
+        guard pipe(&pipeEnds) == 0 else { return nil }
+        // Close-on-exec at once: no child may hold the write end, or EOF would never come.
+        _ = fcntl(pipeEnds[0], F_SETFD, FD_CLOEXEC)
+        _ = fcntl(pipeEnds[1], F_SETFD, FD_CLOEXEC)
+        let devNull = open("/dev/null", O_WRONLY | O_CLOEXEC)
+        defer {
+            close(pipeEnds[0])
+            close(devNull)
+        }
+        let script = """
+            read _ignored
+            # (dash's kill takes no "--"; "-PID" after the signal is a process group)
+            for child in "$1"/*; do [ -e "$child" ] && kill -KILL "-${child##*/}" 2>/dev/null; done
+            rm -rf "$1"
+            """
+        guard (try? Spawn.start(executable: "/bin/sh", arguments: ["-c", script, "smq-orphan-guard", registry],
+                                environment: ["PATH": "/usr/bin:/bin"], currentDirectory: "/",
+                                descriptors: (pipeEnds[0], devNull, devNull))) != nil else {
+            close(pipeEnds[1])
+            return nil
+        }
+        // pipeEnds[1] stays open for the life of this process, on purpose.
+        return registry
+    }
 }
 
 /// What a finished run left: how it ended and what it printed.

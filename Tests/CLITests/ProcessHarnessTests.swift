@@ -107,3 +107,23 @@ extension ProcessHarnessTests {
                 "\(finished.stdoutText)")
     }
 }
+
+extension ProcessHarnessTests {
+    /// A child gets stdin, stdout and stderr and nothing else of the test process: a pipe end
+    /// left in a daemon would keep another test waiting for an EOF.
+    @Test(.timeLimit(.minutes(2)))
+    func childrenInheritOnlyTheirStandardDescriptors() async throws {
+        let harness = try ProcessHarness("harness")
+        defer { harness.tearDown() }
+        var leaked: [Int32] = [0, 0]
+        #expect(pipe(&leaked) == 0)  // without close-on-exec, on purpose
+        defer { leaked.forEach { close($0) } }
+        let finished = try await harness.run(executable: "/bin/ls", ["-l", "/proc/self/fd"], name: "fds")
+        #expect(finished.termination == .exited(0), "\(finished.transcript)")
+        // "lr-x------ 1 root root 64 … 0 -> /dev/null"; ls's own handle on the directory it lists aside.
+        let open = finished.stdoutText.split(separator: "\n").filter { $0.contains(" -> ") && !$0.hasSuffix("/fd") }
+            .compactMap { $0.components(separatedBy: " -> ").first?.split(separator: " ").last.map(String.init) }
+        #expect(open.sorted() == ["0", "1", "2"], "\(finished.transcript)")
+        #expect(!finished.stdoutText.contains("pipe:"), "\(finished.transcript)")
+    }
+}
