@@ -12,7 +12,7 @@ let crashMarkers = ["Fatal error", "Stack dump", "Current stack trace", "backtra
         ("--base-window", "weight"), ("--byte-budget", "BUSY"), ("--max-fragment", "fragment"),
         ("--default-role", "client, worker or both"), ("--max-jobs", "jobs"), ("--service-timeout", "404"),
         ("--heartbeat-ms", "Heartbeat"), ("--liveness", "dead"), ("--max-deliveries", "504"),
-        ("--drain-timeout", "shutdown"), ("--log-level", "debug"), ("--allow-insecure-secret", "group"), ("--help", "help"),
+        ("--drain-timeout", "shutdown"), ("--stats-interval", "statistics"), ("--log-level", "debug"), ("--allow-insecure-secret", "group"), ("--help", "help"),
     ]
 
     @Test(.timeLimit(.minutes(2)))
