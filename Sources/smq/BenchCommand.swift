@@ -105,10 +105,26 @@ struct BenchRun: AsyncParsableCommand {
     @Option(help: "Log level of the children (their logs go to files in the work directory).")
     var logLevel: String = "warning"
 
+    @Option(name: .customLong("wrap"), help: ArgumentHelp(
+        "Run a role under a profiler: ROLE=COMMAND, e.g. broker='valgrind --tool=callgrind'. {i} in COMMAND becomes the process's number. Repeatable.",
+        valueName: "role=command"))
+    var wraps: [String] = []
+
+    /// The wrapper command's words for `role`'s process `index`, or none.
+    private func wrapper(_ role: BenchRole, _ index: Int) -> [String] {
+        for wrap in wraps where wrap.hasPrefix(role.rawValue + "=") {
+            return wrap.dropFirst(role.rawValue.count + 1).split(separator: " ").map { $0.replacingOccurrences(of: "{i}", with: "\(index)") }
+        }
+        return []
+    }
+
     func validate() throws {
         guard (1...64).contains(workers), (1...64).contains(clients) else { throw ValidationError("--workers and --clients must be 1…64") }
         guard credit >= 1 else { throw ValidationError("--credit must be at least 1") }
         _ = try ByteSize.parse(byteBudget, option: "--byte-budget")
+        for wrap in wraps where !BenchRole.allCases.contains(where: { wrap.hasPrefix($0.rawValue + "=") }) {
+            throw ValidationError("--wrap takes ROLE=COMMAND with ROLE broker, worker or client; got '\(wrap)'")
+        }
     }
 
     func run() async throws {
@@ -144,7 +160,7 @@ struct BenchRun: AsyncParsableCommand {
         let started = ContinuousClock.now
         let deadline = started + .milliseconds(Int(timeout * 1000))
 
-        let broker = try children.spawn(brokerPath, [
+        let broker = try children.spawn(wrapper(.broker, 0), brokerPath, [
             "--endpoint", endpoint, "--cert", certs + "/broker.key_secret", "--allowlist", certs + "/allowed",
             "--base-window", "\(max(32, credit))", "--byte-budget", byteBudget, "--max-fragment", "\(shape.maxFragment)",
             "--max-jobs", "\(jobs)", "--drain-timeout", "2", "--log-level", logLevel,
@@ -157,7 +173,7 @@ struct BenchRun: AsyncParsableCommand {
             "--client-mode", shape.clientMode.rawValue, "--service", shape.service,
         ]
         for index in 0..<workers {
-            _ = try children.spawn(smq, ["bench", "worker"] + common + shapeArguments + [
+            _ = try children.spawn(wrapper(.worker, index), smq, ["bench", "worker"] + common + shapeArguments + [
                 "--cert", certs + "/worker-\(index).key_secret", "--credit", "\(credit)",
             ], log: dir + "/worker-\(index).log", role: .worker)
         }
@@ -171,7 +187,7 @@ struct BenchRun: AsyncParsableCommand {
             fail("pipe failed: errno \(errno)")
         }
         for index in 0..<clients {
-            _ = try children.spawn(smq, ["bench", "client"] + common + shapeArguments + [
+            _ = try children.spawn(wrapper(.client, index), smq, ["bench", "client"] + common + shapeArguments + [
                 "--cert", certs + "/client-\(index).key_secret", "--index", "\(index)",
             ], log: dir + "/client-\(index).log", role: .client, stdout: fds[1])
         }
@@ -320,7 +336,7 @@ struct ClientReport {
 // MARK: - child processes (posix_spawn + wait4: Foundation's Process reaps children itself and
 // would hide their rusage)
 
-enum BenchRole: String, Hashable { case broker, worker, client }
+enum BenchRole: String, Hashable, CaseIterable { case broker, worker, client }
 
 struct Child: CustomStringConvertible {
     let pid: pid_t
@@ -351,7 +367,8 @@ struct ChildSet {
     private(set) var all: [Child] = []
     private var reaped: Set<pid_t> = []
 
-    mutating func spawn(_ path: String, _ arguments: [String], log: String, role: BenchRole, stdout: Int32? = nil) throws -> Child {
+    mutating func spawn(_ wrapper: [String], _ path: String, _ arguments: [String], log: String, role: BenchRole,
+                        stdout: Int32? = nil) throws -> Child {
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
@@ -362,11 +379,12 @@ struct ChildSet {
             posix_spawn_file_actions_adddup2(&actions, 2, 1)
         }
         posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        let argv: [UnsafeMutablePointer<CChar>?] = ([path] + arguments).map { strdup($0) } + [nil]
+        let words = wrapper + [path] + arguments
+        let argv: [UnsafeMutablePointer<CChar>?] = words.map { strdup($0) } + [nil]
         defer { for pointer in argv { free(pointer) } }
         var pid: pid_t = 0
-        let rc = posix_spawn(&pid, path, &actions, nil, argv, environ)
-        guard rc == 0 else { fail("cannot start \(path): \(String(cString: strerror(rc)))") }
+        let rc = posix_spawnp(&pid, words[0], &actions, nil, argv, environ)
+        guard rc == 0 else { fail("cannot start \(words[0]): \(String(cString: strerror(rc)))") }
         let child = Child(pid: pid, role: role, name: URL(fileURLWithPath: log).deletingPathExtension().lastPathComponent)
         all.append(child)
         return child
