@@ -181,6 +181,16 @@ struct BenchRun: AsyncParsableCommand {
         // Wait until every worker has said READY, so the clients meet the whole pool.
         try await waitForWorkers(endpoint: endpoint, brokerKey: brokerKeys.publicKey, probe: probeKeys, children: children, deadline: deadline)
 
+        // Job mode reads its payload from a file: write it now (not counted: this process is not
+        // measured), fsync'd so no writeback runs during the measurement.
+        var clientArguments: [String] = []
+        if shape.clientMode == .job {
+            let fragments = shape.count > 0 ? shape.count : max(1, min(4_000_000, (256 << 20) / shape.size))
+            let path = dir + "/payload"
+            writePayload(path: path, bytes: fragments * shape.size)
+            clientArguments = ["--payload", path]
+        }
+
         var fds: [Int32] = [0, 0]
         // Close-on-exec: only the clients get the write end (as their stdout), so EOF means all are done.
         guard pipe(&fds) == 0, fcntl(fds[0], F_SETFD, FD_CLOEXEC) == 0, fcntl(fds[1], F_SETFD, FD_CLOEXEC) == 0 else {
@@ -189,7 +199,7 @@ struct BenchRun: AsyncParsableCommand {
         for index in 0..<clients {
             _ = try children.spawn(wrapper(.client, index), smq, ["bench", "client"] + common + shapeArguments + [
                 "--cert", certs + "/client-\(index).key_secret", "--index", "\(index)",
-            ], log: dir + "/client-\(index).log", role: .client, stdout: fds[1])
+            ] + clientArguments, log: dir + "/client-\(index).log", role: .client, stdout: fds[1])
         }
         close(fds[1])
         let lines = readLines(fd: fds[0], until: deadline, children: &children)
@@ -205,9 +215,11 @@ struct BenchRun: AsyncParsableCommand {
         }
         let vmHWM = readVmHWM(pid: broker.pid)
         for child in children.all where child.role == .worker { kill(child.pid, SIGTERM) }
-        for child in children.all where child.role == .worker { usage.add(child.role, children.reap(child, grace: .seconds(3))) }
+        // A profiler wrapping a role needs time to write its data after the role exits.
+        let grace: Duration = wraps.isEmpty ? .seconds(3) : .seconds(60)
+        for child in children.all where child.role == .worker { usage.add(child.role, children.reap(child, grace: grace)) }
         kill(broker.pid, SIGTERM)
-        usage.add(.broker, children.reap(broker, grace: .seconds(5)))
+        usage.add(.broker, children.reap(broker, grace: grace + .seconds(2)))
 
         let reports = lines.compactMap(ClientReport.init(line:))
         guard reports.count == clients, !failed else {
@@ -288,6 +300,26 @@ struct BenchRun: AsyncParsableCommand {
         }
         return String(decoding: data, as: UTF8.self).split(separator: "\n").map(String.init)
     }
+}
+
+/// A payload file of `bytes` pseudo-random bytes, flushed to disk and left in the page cache.
+private func writePayload(path: String, bytes: Int) {
+    let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+    guard fd >= 0 else { fail("cannot create \(path): errno \(errno)") }
+    defer { close(fd) }
+    var chunk = [UInt64](repeating: 0, count: 1 << 17)  // 1 MiB
+    var state: UInt64 = 0x9E37_79B9_7F4A_7C15
+    var written = 0
+    while written < bytes {
+        for index in chunk.indices {
+            state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+            chunk[index] = state
+        }
+        let n = chunk.withUnsafeBytes { write(fd, $0.baseAddress, min($0.count, bytes - written)) }
+        guard n > 0 else { fail("cannot write \(path): errno \(errno)") }
+        written += n
+    }
+    fsync(fd)
 }
 
 private func f(_ value: Double, _ decimals: Int) -> String { String(format: "%.\(decimals)f", value) }
@@ -514,8 +546,8 @@ struct BenchClient: AsyncParsableCommand {
     @Option(help: "This client's number in the result line.")
     var index: Int = 0
 
-    @Option(help: "Job mode with --seconds: fragments in the (sparse) payload; the job is cancelled when time is up.")
-    var maxFragments: Int = 4_000_000
+    @Option(help: "Job mode: the payload file (count × size bytes; with --seconds the job is cancelled when time is up).")
+    var payload: String?
 
     func run() async throws {
         let (brokerKey, keyPair, logger) = try peer.load()
@@ -612,17 +644,16 @@ struct BenchClient: AsyncParsableCommand {
         }
     }
 
-    /// One job over a sparse file of `count × size` bytes (zeros from the page cache: no disk).
+    /// One job over the payload file the orchestrator wrote (in the page cache, so reading a
+    /// fragment costs one copy, as the C client's zmq_send copies its buffer). Not a sparse file:
+    /// ext4 zero-fills the page cache for holes on every read, which was half this client's CPU.
     /// Latency of fragment j ≈ its hand-over time minus the hand-over of fragment j − window, the
     /// moment the library sent j (the window counts fragments not yet handed to the caller).
     private func runJob(_ client: Client, start: UInt64) async -> BenchLane {
         var state = BenchLane()
-        let fragments = shape.count > 0 ? shape.count : maxFragments
-        let path = FileManager.default.temporaryDirectory.appendingPathComponent("smq-bench-payload-\(getpid())").path
-        let fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-        guard fd >= 0, ftruncate(fd, off_t(fragments * shape.size)) == 0 else { fail("cannot make the payload file \(path)") }
-        close(fd)
-        defer { unlink(path) }
+        guard let path = payload else { fail("job mode needs --payload FILE (smq bench run writes one)") }
+        let fragments = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int).flatMap { $0 }.map { $0 / shape.size } ?? 0
+        guard fragments >= 1 else { fail("the payload \(path) is missing or shorter than one request") }
         let measureFrom = shape.count > 0 ? start : start + UInt64(shape.warmup * 1e9)
         let stopAt = measureFrom + UInt64(shape.seconds * 1e9)
         var handed: [UInt64] = []
