@@ -8,7 +8,7 @@ struct SMQ: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "smq",
         abstract: "SecureMQ's client and worker tool: run a worker, submit a payload, run the demo.",
-        subcommands: [WorkerCommand.self, SubmitCommand.self, DemoCommand.self]
+        subcommands: [WorkerCommand.self, SubmitCommand.self, DemoCommand.self, BenchCommand.self]
     )
 }
 
