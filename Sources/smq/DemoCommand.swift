@@ -37,12 +37,15 @@ struct DemoCommand: AsyncParsableCommand {
         let dir = workdir ?? fm.temporaryDirectory.appendingPathComponent("smq-demo-\(getpid())").path
         try fm.createDirectory(atPath: dir + "/certs/allowed", withIntermediateDirectories: true)
         let removeDir = workdir == nil
-        var children: [Process] = []
-        defer {
-            for child in children where child.isRunning { child.terminate() }
-            for child in children { child.waitUntilExit() }
-            if removeDir { try? fm.removeItem(atPath: dir) }
+        let children = ChildList()
+        // Ctrl-C, SIGTERM, a failure or the normal end: the broker and workers stop and the
+        // keys go, whichever comes first.
+        Cleanup.register {
+            children.stopAll()
+            if removeDir { try? FileManager.default.removeItem(atPath: dir) }
         }
+        Cleanup.onTerminationSignals()
+        defer { Cleanup.runAll() }
 
         // 1. Keys: the broker's pair, three workers with weights 1, 2, 4, one client.
         say("1. keys in \(dir)/certs")
@@ -70,7 +73,7 @@ struct DemoCommand: AsyncParsableCommand {
         let binDir = URL(fileURLWithPath: try executablePath()).deletingLastPathComponent()
         say("2. secure-broker on \(endpoint), weighted dispatch")
         let brokerLog = dir + "/broker.log"
-        children.append(try spawn(binDir.appendingPathComponent("secure-broker"), [
+        children.add(try spawn(binDir.appendingPathComponent("secure-broker"), [
             "--endpoint", endpoint, "--cert", certs + "/broker.key_secret", "--allowlist", certs + "/allowed",
         ], log: brokerLog))
         for number in 1...weights.count {
@@ -78,7 +81,7 @@ struct DemoCommand: AsyncParsableCommand {
             var arguments = ["worker", "--broker", endpoint, "--broker-key", certs + "/broker.key",
                              "--cert", certs + "/worker-\(number).key_secret", "--service", "sha256"]
             if delayMs > 0 { arguments += ["--delay-ms", "\(delayMs)"] }
-            children.append(try spawn(binDir.appendingPathComponent("smq"), arguments, log: dir + "/worker-\(number).log"))
+            children.add(try spawn(binDir.appendingPathComponent("smq"), arguments, log: dir + "/worker-\(number).log"))
         }
 
         // 3. The payload, and what the results must be, computed here.
@@ -95,7 +98,7 @@ struct DemoCommand: AsyncParsableCommand {
         options.window = window
         let client = try await Client.connect(to: endpoint, brokerKey: brokerKeys.publicKey, keyPair: clientKeys, options: options)
         // Wait until all three workers are registered, so the shares show the weights.
-        try await waitForWorkers(client: client, count: weights.count, children: children)
+        try await waitForWorkers(client: client, count: weights.count, children: children.all)
 
         let started = ContinuousClock.now
         let job = try await client.submit(.bytes(payload), to: "sha256")
@@ -127,9 +130,7 @@ struct DemoCommand: AsyncParsableCommand {
             fail("the gathered results do not match the local computation (\(mismatches) mismatched, \(received)/\(job.fragmentCount) received); logs in \(dir)")
         }
         say("OK: every fragment came back, in order, and matches the local SHA-256.")
-        for child in children { child.terminate() }
-        for child in children { child.waitUntilExit() }
-        let brokerStatus = children.first?.terminationStatus ?? -1
+        let brokerStatus = children.stopAll().first ?? -1
         say("   broker exited with status \(brokerStatus) after SIGTERM")
     }
 
@@ -185,4 +186,33 @@ func freeLoopbackPort() throws -> Int {
     }
     guard bound else { fail("cannot find a free port on 127.0.0.1") }
     return Int(UInt16(bigEndian: address.sin_port))
+}
+
+/// The demo's child processes, stoppable from a signal handler.
+final class ChildList: @unchecked Sendable {
+    // @unchecked: every access holds the lock.
+    private let lock = NSLock()
+    private var processes: [Process] = []
+
+    func add(_ process: Process) {
+        lock.lock(); defer { lock.unlock() }
+        processes.append(process)
+    }
+
+    var all: [Process] {
+        lock.lock(); defer { lock.unlock() }
+        return processes
+    }
+
+    /// SIGTERM to each, SIGKILL to any still running 3 s later; returns their exit statuses.
+    @discardableResult
+    func stopAll() -> [Int32] {
+        let list = all
+        for child in list where child.isRunning { child.terminate() }
+        let deadline = Date().addingTimeInterval(3)
+        while list.contains(where: \.isRunning) && Date() < deadline { usleep(10_000) }
+        for child in list where child.isRunning { kill(child.processIdentifier, SIGKILL) }
+        for child in list { child.waitUntilExit() }
+        return list.map(\.terminationStatus)
+    }
 }

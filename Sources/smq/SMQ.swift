@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Synchronization
 import Logging
 import SecureMQ
 
@@ -58,9 +59,58 @@ struct PeerOptions: ParsableArguments {
 }
 
 /// Prints `Error: …` to stderr and exits 1: user mistakes get a sentence, not a stack trace.
+/// Runs the registered clean-ups first (`exit` skips every `defer`).
 func fail(_ message: String) -> Never {
+    Cleanup.runAll()
     FileHandle.standardError.write(Data("Error: \(message)\n".utf8))
     exit(1)
+}
+
+/// What must not outlive the process whichever way it ends: temporary files with payloads or
+/// secret keys, child processes. `fail` and the signal handlers run it; normal paths run it too.
+enum Cleanup {
+    private static let actions = Mutex<[(Int, @Sendable () -> Void)]>([])
+    private static let counter = Atomic<Int>(0)
+
+    /// Registers `action`; returns a token to run it early with ``run(_:)``.
+    @discardableResult
+    static func register(_ action: @escaping @Sendable () -> Void) -> Int {
+        let token = counter.add(1, ordering: .relaxed).newValue
+        actions.withLock { $0.append((token, action)) }
+        return token
+    }
+
+    /// Runs one clean-up now (and never again).
+    static func run(_ token: Int) {
+        let action = actions.withLock { list -> (@Sendable () -> Void)? in
+            guard let index = list.firstIndex(where: { $0.0 == token }) else { return nil }
+            return list.remove(at: index).1
+        }
+        action?()
+    }
+
+    /// Runs every clean-up, newest first.
+    static func runAll() {
+        let all = actions.withLock { list -> [(Int, @Sendable () -> Void)] in
+            defer { list.removeAll() }
+            return list
+        }
+        for (_, action) in all.reversed() { action() }
+    }
+
+    /// On SIGINT or SIGTERM: clean up, then exit with 128 + the signal, as a shell expects.
+    static func onTerminationSignals() {
+        for number in [SIGINT, SIGTERM] {
+            signal(number, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
+            source.setEventHandler {
+                runAll()
+                exit(128 + number)
+            }
+            source.resume()
+            SignalSources.keep([source])
+        }
+    }
 }
 
 enum ByteSize {

@@ -38,6 +38,7 @@ struct SubmitCommand: AsyncParsableCommand {
 
     func run() async throws {
         let (brokerKey, keyPair, logger) = try peer.load()
+        Cleanup.onTerminationSignals()
         var options = Client.Options()
         options.fragmentSize = try ByteSize.parse(fragmentSize, option: "--fragment-size")
         options.maxFragmentSize = max(options.maxFragmentSize, options.fragmentSize)
@@ -46,17 +47,21 @@ struct SubmitCommand: AsyncParsableCommand {
 
         // stdin has no size up front; the fragment count is part of every header, so spool it.
         var path = input
-        var spooled: URL?
+        var spooled: (URL, Int)?
         if input == "-" {
-            let url = FileManager.default.temporaryDirectory.appendingPathComponent("smq-stdin-\(getpid())")
-            FileManager.default.createFile(atPath: url.path, contents: nil)
-            let handle = try FileHandle(forWritingTo: url)
+            // A private spool (mkstemp: 0600, an unpredictable name), removed on every path.
+            var template = Array((NSTemporaryDirectory() + "/smq-stdin-XXXXXX").utf8CString)
+            let fd = mkstemp(&template)
+            guard fd >= 0 else { fail("cannot make a temporary file for stdin: \(String(cString: strerror(errno)))") }
+            let url = URL(fileURLWithPath: String(cString: template))
+            let token = Cleanup.register { unlink(url.path) }
+            spooled = (url, token)
+            let handle = FileHandle(fileDescriptor: fd, closeOnDealloc: true)
             while let chunk = try FileHandle.standardInput.read(upToCount: 1 << 20), !chunk.isEmpty { handle.write(chunk) }
             try handle.close()
-            spooled = url
             path = url.path
         }
-        defer { if let spooled { try? FileManager.default.removeItem(at: spooled) } }
+        defer { if let spooled { Cleanup.run(spooled.1) } }
 
         var sink: FileHandle?
         if let output {

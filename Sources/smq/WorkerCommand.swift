@@ -17,8 +17,8 @@ struct WorkerCommand: AsyncParsableCommand {
     @Option(help: "The built-in handler: echo, sha256 or upper (default: the service's name).")
     var handler: String?
 
-    @Option(help: "Fragments held at once (the broker caps it at weight × base window).")
-    var credit: Int = 8
+    @Option(help: "Fragments held at once; the broker grants min(credit, weight × base window), so the weight decides a busy worker's share.")
+    var credit: Int = 256
 
     @Option(help: "Milliseconds to sleep per fragment, to play a slower machine.")
     var delayMs: Int = 0
@@ -54,7 +54,7 @@ struct WorkerCommand: AsyncParsableCommand {
         } catch {
             fail(error.message)
         }
-        print("worker \(keyPair.publicKey.fingerprint) ready: service \(service), credit \(credit)")
+        print("worker \(keyPair.publicKey.fingerprint) connected: asked for service \(service), credit \(credit)")
         flushStandardOutput()
         let delay = delayMs
         let crashIndex = crashOnIndex

@@ -56,7 +56,8 @@ struct FaultProcessTests {
         let finished = try await submit.waitForExit(timeout: .seconds(60))
         #expect(finished.succeeded, "\(submit.transcript())")
         let gathered = try [UInt8](Data(contentsOf: URL(fileURLWithPath: output)))
-        #expect(gathered == payload, "\(firstDifference(gathered, payload))")
+        let equal = gathered == payload
+        #expect(equal, "\(firstDifference(gathered, payload))")
         #expect(submit.output(.stderr).contains("duplicates:     0"))
         #expect(broker.child.output(.stderr).contains("peer connection dropped"))
         broker.child.terminate()
@@ -86,7 +87,8 @@ struct FaultProcessTests {
         let finished = try await submit.waitForExit(timeout: .seconds(60))
         #expect(finished.succeeded, "\(submit.transcript())")
         let gathered = try [UInt8](Data(contentsOf: URL(fileURLWithPath: output)))
-        #expect(gathered == payload, "\(firstDifference(gathered, payload))")
+        let equal = gathered == payload
+        #expect(equal, "\(firstDifference(gathered, payload))")
         // Its late results never reached the client.
         #expect(submit.output(.stderr).contains("duplicates:     0"))
         try await broker.child.waitForLine(containing: "dropped a result for an unknown delivery", "worker=\(frozen.fingerprint)")
@@ -116,7 +118,8 @@ struct FaultProcessTests {
         #expect(poisoned.output(.stderr).contains("504"), "\(poisoned.transcript())")
         let healthyEnd = try await healthy.waitForExit(timeout: .seconds(60))
         #expect(healthyEnd.succeeded, "\(healthy.transcript())")
-        #expect(try [UInt8](Data(contentsOf: URL(fileURLWithPath: healthyOutput))) == healthyPayload)
+        let healthyEqual = try [UInt8](Data(contentsOf: URL(fileURLWithPath: healthyOutput))) == healthyPayload
+        #expect(healthyEqual)
         // The broker is still up and serving.
         #expect(broker.child.isRunning)
         broker.child.terminate()
@@ -147,7 +150,8 @@ struct FaultProcessTests {
         #expect(w1.output(.stderr).contains("revoked"))
         let finished = try await submit.waitForExit(timeout: .seconds(60))
         #expect(finished.succeeded, "\(submit.transcript())")
-        #expect(try [UInt8](Data(contentsOf: URL(fileURLWithPath: output))) == payload)
+        let equal = try [UInt8](Data(contentsOf: URL(fileURLWithPath: output))) == payload
+        #expect(equal)
         #expect(submit.output(.stderr).contains("duplicates:     0"))
     }
 
@@ -171,7 +175,8 @@ struct FaultProcessTests {
         let finished = try await submit.waitForExit(timeout: .seconds(90))
         #expect(finished.succeeded, "\(submit.transcript())\n\(restarted.child.transcript())")
         let gathered = try [UInt8](Data(contentsOf: URL(fileURLWithPath: output)))
-        #expect(gathered == payload, "\(firstDifference(gathered, payload))")
+        let equal = gathered == payload
+        #expect(equal, "\(firstDifference(gathered, payload))")
         #expect(!submit.output(.stderr).contains("resubmitted:    0"), "the client resubmitted what the dead broker held")
     }
 
@@ -198,7 +203,8 @@ struct FaultProcessTests {
         #expect(submit.output(.stderr).contains("503"), "\(submit.transcript())")
         let gathered = try [UInt8](Data(contentsOf: URL(fileURLWithPath: output)))
         #expect(gathered.count >= 20 * 1024)
-        #expect(Array(payload.prefix(gathered.count)) == gathered, "what arrived is a correct prefix")
+        let prefixEqual = Array(payload.prefix(gathered.count)) == gathered
+        #expect(prefixEqual, "what arrived is a correct prefix")
     }
 }
 

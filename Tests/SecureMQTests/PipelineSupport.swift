@@ -1,3 +1,4 @@
+import Testing
 import Logging
 import InMemoryLogging
 @testable import SecureMQ
@@ -81,6 +82,15 @@ final class PipelineFixture: @unchecked Sendable {
         for task in workerTasks { _ = try? await task.value }
         await broker.shutdown()
     }
+}
+
+/// Byte-for-byte equality as a Bool: a failed `#expect(a == b)` on megabytes makes Swift Testing
+/// compute a diff that does not finish, so large payloads are compared first and reported short.
+func same(_ a: [UInt8], _ b: [UInt8]) -> Bool {
+    if a == b { return true }
+    let at = zip(a, b).enumerated().first { $0.element.0 != $0.element.1 }?.offset
+    Issue.record("payloads differ: \(a.count) vs \(b.count) bytes, first difference at \(at.map(String.init) ?? "the end")")
+    return false
 }
 
 /// Deterministic bytes for payloads.

@@ -158,7 +158,8 @@ final class CurveClientSocket {
         case .failed, .closed: return
         default: break
         }
-        logger.error("connection failed", metadata: ["endpoint": "\(endpoint)", "error": "\(error.message)"])
+        // The error is thrown to the caller, who reports it; logging it loudly too says it twice.
+        logger.notice("connection failed", metadata: ["endpoint": "\(endpoint)", "error": "\(error.message)"])
         teardown(linger: .zero)
         set(.failed(error))
     }

@@ -41,8 +41,10 @@ public struct WorkRejection: Error, Sendable {
 /// ```
 public final class Worker: Sendable {
     public struct Options: Sendable {
-        /// Fragments this worker holds at once (the broker caps it at weight × base window).
-        public var credit: Int = 8
+        /// Fragments this worker may hold at once. The broker grants min(credit, weight × base
+        /// window), so a large credit lets the allowlist's weight decide a busy worker's share;
+        /// lower it for handlers that must not run that many at once.
+        public var credit: Int = 256
         /// Heartbeat interval announced in READY; the broker expects one at least this often.
         public var heartbeatInterval: Duration = .milliseconds(2500)
         /// Intervals of broker silence after which the broker counts as gone.

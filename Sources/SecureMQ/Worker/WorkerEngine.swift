@@ -24,6 +24,8 @@ final class WorkerEngine {
     private(set) var endReason: SecureMQError?
     private(set) var processed = 0
     private var lastHeard: UInt64
+    /// Whether the broker showed it accepted our READY (a HEARTBEAT or WORK since).
+    private var accepted = false
     private var received = ZMQMessage()
 
     init(socket: CurveClientSocket, thread: SocketThread, service: ServiceName, options: Worker.Options, logger: Logger) {
@@ -50,6 +52,7 @@ final class WorkerEngine {
             // First connection, or libzmq reconnected (a new connection to the broker): announce
             // the service again; the broker knows connections, not workers.
             lastHeard = SocketThread.now()
+            accepted = false
             sendReady()
             while connectWaiters.resumeFirst(true) {}
         case .failed(let error):
@@ -132,6 +135,7 @@ final class WorkerEngine {
         }
         switch parsed {
         case .work(let fragment):
+            accepted = true
             let header = fragment.header
             guard SHA256.hash(fragment.body) == header.digest else {
                 reject(fragment.tag, code: .malformed, retryable: false, reason: "fragment \(header.index) failed its SHA-256 check")
@@ -142,11 +146,21 @@ final class WorkerEngine {
             let pending = Pending(work: work, delivery: fragment.tag, jobID: header.jobID, index: header.index, count: header.count)
             if let continuation { continuation.yield(pending) } else { backlog.append(pending) }
         case .heartbeat:
-            break
+            accepted = true
         case .disconnect(let reason):
-            logger.warning("the broker sent this worker away", metadata: ["reason": "\(reason.string)"])
-            end(SecureMQError(.disconnected, "the broker disconnected this worker: \(reason.string)"))
-            client.close()
+            if accepted {
+                // The broker had us registered: it is shutting down or dropped us. Connect again
+                // (with libzmq's back-off) and register anew; a revoked key is then refused by
+                // ZAP, which ends the worker with a clear error.
+                logger.warning("the broker sent this worker away; reconnecting", metadata: ["reason": "\(reason.string)"])
+                client.reconnect(because: "DISCONNECT: \(reason.string)")
+            } else {
+                // Refused right after READY (wrong role, a service it may not serve): trying
+                // again would only be refused again.
+                logger.warning("the broker refused this worker", metadata: ["reason": "\(reason.string)"])
+                end(SecureMQError(.disconnected, "the broker disconnected this worker: \(reason.string)"))
+                client.close()
+            }
         default:
             logger.warning("dropped an unexpected message from the broker", metadata: ["command": "\(parsed.command)"])
         }

@@ -2,11 +2,9 @@ import Foundation
 import Glibc
 import Testing
 
-// Bugs found in the executables, kept as tests of the behaviour we want. Each expectation sits in
-// `withKnownIssue`, so the run passes while the bug is there; once it is fixed Swift Testing
-// reports "known issue was not recorded" and the wrapper must go.
+// Bugs found in the executables (and fixed), kept as tests of the behaviour we want.
 
-@Suite struct KnownIssueTests {
+@Suite struct ExecutableHygieneTests {
     /// `smq submit -` copies stdin to `$TMPDIR/smq-stdin-PID` (Sources/smq/SubmitCommand.swift):
     /// created with the default mode (0644: anyone on the machine can read the payload) and, when
     /// the submit fails, left behind, since `fail()` calls `exit(1)` and skips the `defer` that
@@ -44,18 +42,14 @@ import Testing
         let path = try #require(spool, "smq never spooled stdin under TMPDIR\n\(submit.transcript())")
         var info = stat()
         #expect(stat(path, &info) == 0)
-        withKnownIssue("the stdin spool is readable by group and others (mode \(String(info.st_mode & 0o777, radix: 8)))") {
-            #expect(info.st_mode & 0o077 == 0)
-        }
+        #expect(info.st_mode & 0o077 == 0, "the stdin spool must be private (mode \(String(info.st_mode & 0o777, radix: 8)))")
 
         close(writer)
         writerOpen = false
         let ended = try await submit.waitForExit()
         #expect(ended == .exited(1), "\(submit.transcript())")
         let left = try FileManager.default.contentsOfDirectory(atPath: temporary)
-        withKnownIssue("a failed submit leaves its stdin spool, the whole payload, behind: \(left)") {
-            #expect(left.isEmpty)
-        }
+        #expect(left.isEmpty, "a failed submit must not leave its stdin spool, the whole payload, behind: \(left)")
     }
 
     /// Ctrl-C on `smq demo` (Sources/smq/DemoCommand.swift): the terminal's SIGINT reaches the
@@ -82,10 +76,8 @@ import Testing
             survivors = survivors.filter { Self.isSecureMQ($0) }
         }
         let left = try FileManager.default.contentsOfDirectory(atPath: temporary)
-        withKnownIssue("after SIGINT the demo's broker and workers still run: pids \(survivors)") {
-            #expect(survivors.isEmpty)
-            #expect(left.isEmpty, "the demo's keys are left behind: \(left)")
-        }
+        #expect(survivors.isEmpty, "after SIGINT the demo's broker and workers still run: pids \(survivors)")
+        #expect(left.isEmpty, "the demo's keys are left behind: \(left)")
         // They are init's children now, out of the harness's reach.
         for pid in survivors where Self.isSecureMQ(pid) { Glibc.kill(pid, SIGKILL) }
     }
