@@ -338,7 +338,8 @@ extension BrokerEngine {
             job.done.insert(fragment.index)
             if job.done.count == Int(job.count) {
                 statistics.completedJobs += 1
-                endedJobs[job.key] = (Self.now &+ 60_000_000_000, job.replyTo.id)
+                // A completed job is not remembered: at tens of thousands of one-fragment jobs a
+                // second, a minute of ids was 100 MiB (PROTOCOL.md C30).
                 jobs[job.key] = nil
                 job.replyTo.jobs.remove(job.key)
                 jobsPerClient[job.key.client, default: 1] -= 1
@@ -495,7 +496,10 @@ extension BrokerEngine {
                         reason: "no worker serves '\(service.name)' (waited \(configuration.serviceTimeout))")
             }
         }
-        if endedJobs.count > 0 { endedJobs = endedJobs.filter { $0.value.expiry > now } }
+        if !endedJobs.isEmpty, now &- lastEndedPrune >= 1_000_000_000 {
+            lastEndedPrune = now
+            endedJobs = endedJobs.filter { $0.value.expiry > now }
+        }
         // A safety net: every path that frees credit dispatches, but work must never wait on a
         // path that was missed.
         for service in services.values where service.queuedCount > 0 && service.scheduler.eligibleCount > 0 {

@@ -28,6 +28,7 @@ final class BrokerEngine {
     var draining = false
     /// Workers suspended because only suspects are queued and they hold one already.
     var parkedForSuspects: [(ServiceState, Int)] = []
+    var lastEndedPrune: UInt64 = 0
     var drainWaiters: [CheckedContinuation<Void, Never>] = []
 
     private var nextKeySerial = 1
@@ -37,6 +38,7 @@ final class BrokerEngine {
     private var allowlistGeneration: UInt64 = 0
     /// Reused for every routing-id frame; bodies get a message of their own (they may be kept).
     private let routingFrame = ZMQMessage()
+    private var spareBody: ZMQMessage?
     private var monitor: SocketMonitor?
     let limits: ProtocolLimits
 
@@ -94,10 +96,18 @@ final class BrokerEngine {
     /// Reads what is queued, a bounded batch per wake-up so timers still run under load.
     private func readAll() {
         for _ in 0..<4096 {
-            let body = ZMQMessage()
+            // A body message is kept with its fragment, so each needs its own; make one only
+            // when a message has actually arrived.
             do {
                 guard try server.socket.receive(into: routingFrame) else { return }
-                guard routingFrame.hasMore, try server.socket.receive(into: body) else { return }
+            } catch {
+                logger.error("receive failed", metadata: ["error": "\(error)"])
+                return
+            }
+            var body = spareBody ?? ZMQMessage()
+            spareBody = nil
+            do {
+                guard routingFrame.hasMore, try server.socket.receive(into: body) else { spareBody = body; continue }
             } catch {
                 logger.error("receive failed", metadata: ["error": "\(error)"])
                 return
@@ -111,8 +121,14 @@ final class BrokerEngine {
                 reject(connection, "a message of \(parts) frames (SMQ/1 messages are one frame)")
                 continue
             }
-            guard let connection = admit(routingFrame, body) else { continue }
+            guard let connection = admit(routingFrame, body) else {
+                spareBody = body
+                continue
+            }
             handle(body, from: connection)
+            // A body nobody kept (a control message, a result sent on) takes the next message:
+            // zmq_msg_recv releases what it held.
+            if isKnownUniquelyReferenced(&body) { spareBody = body }
         }
     }
 

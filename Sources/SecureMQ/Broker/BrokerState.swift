@@ -138,10 +138,8 @@ final class ServiceState {
             queuedCount += 1
             return
         }
-        if queues[client] == nil {
-            queues[client] = []
-            clientOrder.append(client)
-        }
+        if queues[client] == nil { queues[client] = [] }
+        if queues[client]!.isEmpty { clientOrder.append(client) }
         if front { queues[client]!.prepend(fragment) } else { queues[client]!.append(fragment) }
         queuedCount += 1
     }
@@ -164,19 +162,19 @@ final class ServiceState {
 
     /// The next fragment, round-robin over clients; skips fragments whose job has ended.
     func dequeue() -> FragmentState? {
-        while let client = clientOrder.first {
-            clientOrder.removeFirst()
-            guard var queue = queues[client] else { continue }
-            queues[client] = nil
+        while let client = clientOrder.popFirst() {
             var found: FragmentState?
-            while let next = queue.popFirst() {
-                // Dropped fragments were already taken off queuedCount when their job ended.
-                if !next.dropped { queuedCount -= 1; next.queued = false; found = next; break }
+            var empty = true
+            // Mutated in place: no copy of the deque, and an emptied deque keeps its storage for
+            // the client's next SUBMIT.
+            if queues[client] != nil {
+                while let next = queues[client]!.popFirst() {
+                    // Dropped fragments were already taken off queuedCount when their job ended.
+                    if !next.dropped { queuedCount -= 1; next.queued = false; found = next; break }
+                }
+                empty = queues[client]!.isEmpty
             }
-            if !queue.isEmpty {
-                queues[client] = queue
-                clientOrder.append(client)
-            }
+            if !empty { clientOrder.append(client) }
             if let found { return found }
         }
         return nil

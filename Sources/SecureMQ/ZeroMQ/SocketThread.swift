@@ -66,6 +66,7 @@ final class SocketThread: @unchecked Sendable {
     private var nextID = 1
     private var pollItems: [zmq_pollitem_t] = []
     private var stopHooks: [() -> Void] = []
+    private var drained: [Work] = []
     private var firing = false
     private var cancelledWhileFiring: Set<TimerID> = []
     private let exitSemaphore = DispatchSemaphore(value: 0)
@@ -227,12 +228,14 @@ final class SocketThread: @unchecked Sendable {
         shared.withLock { $0.owner = pthread_self() }
         var stopping = false
         while true {
-            let (work, stop) = shared.withLock { state -> ([Work], Bool) in
-                let work = state.inbox
-                state.inbox.removeAll(keepingCapacity: true)
-                return (work, state.stopRequested)
+            // Swap the inbox with the drained array: both keep their capacity, so a busy loop
+            // allocates nothing here.
+            let stop = shared.withLock { state -> Bool in
+                swap(&state.inbox, &drained)
+                return state.stopRequested
             }
-            for item in work { item() }
+            for item in drained { item() }
+            drained.removeAll(keepingCapacity: true)
             if stop && !stopping {
                 stopping = true
                 break
