@@ -193,6 +193,34 @@ struct PipelineTests {
         await fixture.stop()
     }
 
+    @Test func requestsGetRepliesAndFailuresWithTheirStatus() async throws {
+        let fixture = try await PipelineFixture(peers: [("client-1", "client", 1), ("worker-1", "worker", 1)]) {
+            $0.serviceTimeout = .milliseconds(300)
+        }
+        try await fixture.startWorker("worker-1", service: "upper") { item in
+            if item.body == [9] { throw WorkRejection(code: 422, reason: "nine is not a letter") }
+            return item.body.map { $0 >= 0x61 && $0 <= 0x7A ? $0 - 0x20 : $0 }
+        }
+        let client = try await fixture.client("client-1")
+        // Many at once, each its own one-fragment job.
+        let replies = try await withThrowingTaskGroup(of: (Int, [UInt8]).self) { group in
+            for index in 0..<200 {
+                group.addTask { (index, try await client.request(Array("req-\(index)".utf8), service: "upper")) }
+            }
+            var all: [Int: [UInt8]] = [:]
+            for try await (index, reply) in group { all[index] = reply }
+            return all
+        }
+        for index in 0..<200 { #expect(replies[index] == Array("REQ-\(index)".utf8)) }
+        let rejected = await #expect(throws: SecureMQError.self) { _ = try await client.request([9], service: "upper") }
+        #expect(rejected?.status == 422)
+        #expect(rejected?.message.contains("nine is not a letter") == true)
+        let unserved = await #expect(throws: SecureMQError.self) { _ = try await client.request([1], service: "nobody") }
+        #expect(unserved?.status == 404)
+        await client.close()
+        await fixture.stop()
+    }
+
     @Test func mmiServiceAnswersWhetherAServiceHasWorkers() async throws {
         let fixture = try await PipelineFixture(peers: [("client-1", "client", 1), ("worker-1", "worker", 1)])
         try await fixture.startWorker("worker-1")

@@ -102,13 +102,9 @@ public final class Client: Sendable {
             throw SecureMQError(.messageTooLarge, "a request of \(body.count) bytes is above the fragment limit (\(options.maxFragmentSize)); use submit")
         }
         let box = UncheckedBox(engine)
-        let state = try await thread.run { () throws(SecureMQError) in
-            UncheckedBox(try box.value.startJob(.bytes(body), service: service, fragmentSize: max(1, body.count)))
-        }
-        let job = Job(thread: thread, engine: engine, state: state.value)
-        var reply: [UInt8] = []
-        for try await result in job { reply = result.body }
-        return reply
+        return try await thread.wait(register: { id, continuation in
+            box.value.request(body, service: service, waiter: id, continuation)
+        }, cancel: { id in box.value.cancelRequest(waiter: id) })
     }
 
     /// Closes the connection; open jobs fail with `.closed`.
@@ -126,7 +122,8 @@ public final class Job: AsyncSequence, Sendable {
     public typealias Failure = SecureMQError
 
     /// The job id (hex), as the broker logs it.
-    public let id: String
+    public var id: String { jobID.description }
+    private let jobID: JobID
     /// Fragments in the job.
     public let fragmentCount: Int
     /// Payload bytes.
@@ -140,7 +137,7 @@ public final class Job: AsyncSequence, Sendable {
         self.thread = thread
         self.engine = engine
         self.state = state
-        id = state.jobID.description
+        jobID = state.jobID
         fragmentCount = Int(state.count)
         payloadLength = Int(state.totalLength)
     }

@@ -63,6 +63,14 @@ final class ClientEngine {
     private var jobs: [JobID: ClientJob] = [:]
     private var registration: SocketThread.Registration?
     private var received = ZMQMessage()
+    /// One-fragment requests (``Client/request(_:service:)``): no job machinery, one thread
+    /// crossing each way.
+    private var requests: [JobID: PendingRequest] = [:]
+    private var requestsByWaiter: [Int: JobID] = [:]
+    private var hasher = SHA256()
+    /// Job ids: a random half per engine and a counter, so making one costs no system call.
+    private let jobIDPrefix = UInt64.random(in: 0...UInt64.max)
+    private var jobIDCounter: UInt64 = 0
     private var lastHeard: UInt64 = SocketThread.now()
     private var everConnected = false
 
@@ -123,7 +131,7 @@ final class ClientEngine {
         let reader = try PayloadReader(payload)
         let job: ClientJob
         do {
-            job = try ClientJob(jobID: JobID.random(), service: name, reader: reader, fragmentSize: fragmentSize,
+            job = try ClientJob(jobID: nextJobID(), service: name, reader: reader, fragmentSize: fragmentSize,
                                 window: options.window, limits: limits, thread: thread)
         } catch {
             throw SecureMQError(.invalidConfiguration, "cannot split the payload: \(error)")
@@ -132,6 +140,63 @@ final class ClientEngine {
         jobs[job.jobID] = job
         pump(job)
         return job
+    }
+
+    private func nextJobID() -> JobID {
+        jobIDCounter &+= 1
+        return JobID(high: jobIDPrefix, low: jobIDCounter)
+    }
+
+    // MARK: one-fragment requests
+
+    final class PendingRequest {
+        let jobID: JobID
+        let waiter: Int
+        let message: ZMQMessage
+        let continuation: Waiters<[UInt8]>.Continuation
+
+        init(jobID: JobID, waiter: Int, message: ZMQMessage, continuation: Waiters<[UInt8]>.Continuation) {
+            self.jobID = jobID
+            self.waiter = waiter
+            self.message = message
+            self.continuation = continuation
+        }
+    }
+
+    /// Sends `body` as a one-fragment job; the continuation gets the result's body.
+    func request(_ body: [UInt8], service: String, waiter: Int, _ continuation: Waiters<[UInt8]>.Continuation) {
+        if let failure = connectionFailure { return continuation.resume(returning: .failure(failure)) }
+        guard let name = try? ServiceName(validating: service) else {
+            return continuation.resume(returning: .failure(SecureMQError(.invalidConfiguration,
+                "'\(service)' is not a valid service name: 1–255 bytes of A-Z a-z 0-9 . _ -")))
+        }
+        let jobID = nextJobID()
+        let message = ZMQMessage(size: Fragment.encodedSize(serviceLength: name.byteCount, bodyLength: body.count))
+        let buffer = message.mutableBytes
+        let header = body.withUnsafeBytes { bytes in
+            FragmentHeader(jobID: jobID, index: 0, count: 1, offset: 0, totalLength: UInt64(bytes.count),
+                           length: UInt32(bytes.count), digest: hasher.digest(of: bytes))
+        }
+        let bodyOffset = Fragment.write(into: buffer, command: .submit, tag: 0, service: name, header: header)
+        body.withUnsafeBytes { bytes in
+            if let base = bytes.baseAddress { buffer.baseAddress!.advanced(by: bodyOffset).copyMemory(from: base, byteCount: bytes.count) }
+        }
+        if requests.isEmpty && jobs.isEmpty { lastHeard = SocketThread.now() }
+        requests[jobID] = PendingRequest(jobID: jobID, waiter: waiter, message: message, continuation: continuation)
+        requestsByWaiter[waiter] = jobID
+        send(copyOf: message)
+    }
+
+    func cancelRequest(waiter: Int) {
+        guard let jobID = requestsByWaiter[waiter], let pending = requests[jobID] else { return }
+        _ = try? client.socket.send(ControlMessage.cancel(jobID: jobID).encoded())
+        finish(pending, .failure(SecureMQError(.cancelled, "the request was cancelled")))
+    }
+
+    private func finish(_ pending: PendingRequest, _ result: Result<[UInt8], SecureMQError>) {
+        requests[pending.jobID] = nil
+        requestsByWaiter[pending.waiter] = nil
+        pending.continuation.resume(returning: result)
     }
 
     /// Sends fragments while the job's window has room.
@@ -229,12 +294,13 @@ final class ClientEngine {
     private func failAll(_ error: SecureMQError) {
         connectWaiters.failAll(error)
         for job in Array(jobs.values) { fail(job, error) }
+        for pending in Array(requests.values) { finish(pending, .failure(error)) }
     }
 
     // MARK: receiving
 
     private func heartbeat() {
-        guard !jobs.isEmpty else {
+        guard !jobs.isEmpty || !requests.isEmpty else {
             lastHeard = SocketThread.now()
             return
         }
@@ -260,6 +326,10 @@ final class ClientEngine {
                 count += 1
             }
             job.stats.resubmitted += job.outstanding.count
+        }
+        for pending in requests.values {
+            send(copyOf: pending.message)
+            count += 1
         }
         if count > 0 { logger.notice("reconnected; resubmitted outstanding fragments", metadata: ["fragments": "\(count)"]) }
     }
@@ -294,14 +364,35 @@ final class ClientEngine {
         }
         switch message {
         case .result(let fragment):
+            if let pending = requests[fragment.header.jobID] {
+                let header = fragment.header
+                guard header.index == 0, header.count == 1, hasher.digest(of: fragment.body) == header.digest else {
+                    finish(pending, .failure(SecureMQError(.integrity, "the reply to request \(header.jobID) failed its SHA-256 check")))
+                    return
+                }
+                finish(pending, .success(Array(fragment.body)))
+                return
+            }
             guard let job = jobs[fragment.header.jobID] else { return } // late result of an ended job
             accept(fragment, for: job)
         case .failed(let jobID, let index, let code, let reason):
+            if let pending = requests[jobID] {
+                finish(pending, .failure(SecureMQError(.jobFailed, "the request failed with \(code.rawValue) \(code.name ?? ""): \(reason.string)",
+                                                       status: code.rawValue, fragmentIndex: index == Message.wholeJobIndex ? nil : index)))
+                return
+            }
             guard let job = jobs[jobID] else { return }
             let which = index == Message.wholeJobIndex ? "the job" : "fragment \(index)"
             fail(job, SecureMQError(.jobFailed, "\(which) failed with \(code.rawValue) \(code.name ?? ""): \(reason.string)",
                                     status: code.rawValue, fragmentIndex: index == Message.wholeJobIndex ? nil : index))
         case .busy(let jobID, let index, let retryAfter):
+            if requests[jobID] != nil {
+                thread.schedule(after: .milliseconds(Int(max(1, retryAfter)))) { [weak self] in
+                    guard let self, let pending = self.requests[jobID] else { return }
+                    self.send(copyOf: pending.message)
+                }
+                return
+            }
             guard let job = jobs[jobID], job.outstanding[index] != nil else { return }
             job.stats.busyResends += 1
             thread.schedule(after: .milliseconds(Int(max(1, retryAfter)))) { [weak self, weak job] in

@@ -4,7 +4,8 @@ import SMQProtocol
 /// One fragment for a worker's handler.
 public struct WorkItem: Sendable {
     /// The job's id (hex) and the fragment's place in it.
-    public let jobID: String
+    public var jobID: String { id.description }
+    let id: JobID
     public let index: Int
     public let count: Int
     /// The fragment's byte offset in the client's payload.

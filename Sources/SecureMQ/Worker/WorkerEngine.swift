@@ -26,7 +26,8 @@ final class WorkerEngine {
     private var lastHeard: UInt64
     /// Whether the broker showed it accepted our READY (a HEARTBEAT or WORK since).
     private var accepted = false
-    private var received = ZMQMessage()
+    private let received = ZMQMessage()
+    private var hasher = SHA256()
 
     init(socket: CurveClientSocket, thread: SocketThread, service: ServiceName, options: Worker.Options, logger: Logger) {
         client = socket
@@ -117,8 +118,8 @@ final class WorkerEngine {
                 logger.warning("dropped a multipart message from the broker")
                 continue
             }
+            // handle() copies what it keeps, so the same message takes the next one.
             handle(received)
-            received = ZMQMessage()
         }
     }
 
@@ -137,11 +138,11 @@ final class WorkerEngine {
         case .work(let fragment):
             accepted = true
             let header = fragment.header
-            guard SHA256.hash(fragment.body) == header.digest else {
+            guard hasher.digest(of: fragment.body) == header.digest else {
                 reject(fragment.tag, code: .malformed, retryable: false, reason: "fragment \(header.index) failed its SHA-256 check")
                 return
             }
-            let work = WorkItem(jobID: header.jobID.description, index: Int(header.index), count: Int(header.count),
+            let work = WorkItem(id: header.jobID, index: Int(header.index), count: Int(header.count),
                                 offset: Int(header.offset), service: fragment.service.description, body: Array(fragment.body))
             let pending = Pending(work: work, delivery: fragment.tag, jobID: header.jobID, index: header.index, count: header.count)
             if let continuation { continuation.yield(pending) } else { backlog.append(pending) }
@@ -178,7 +179,7 @@ final class WorkerEngine {
                 return
             }
             let header = body.withUnsafeBytes { bytes in
-                FragmentHeader(jobID: item.jobID, index: item.index, count: item.count, length: UInt32(bytes.count), digest: SHA256.hash(bytes))
+                FragmentHeader(jobID: item.jobID, index: item.index, count: item.count, length: UInt32(bytes.count), digest: hasher.digest(of: bytes))
             }
             let size = Fragment.encodedSize(serviceLength: service.byteCount, bodyLength: body.count)
             let message = ZMQMessage(size: size)
