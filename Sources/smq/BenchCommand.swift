@@ -499,7 +499,7 @@ struct BenchWorker: AsyncParsableCommand {
             await worker.close()
         }
         do throws(SecureMQError) {
-            try await worker.run { item in
+            try await worker.serve { item in
                 guard replySize > 0 else { return item.body }
                 var reply = [UInt8](repeating: 0, count: replySize)
                 let carried = Swift.min(16, item.body.count)

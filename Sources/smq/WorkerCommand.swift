@@ -64,12 +64,23 @@ struct WorkerCommand: AsyncParsableCommand {
             await waitForTerminationSignal()
             await worker.close()
         }
+        let crashes: @Sendable (WorkItem) -> Bool = { item in
+            (crashIndex.map { item.index == $0 } ?? false) || (crashPrefix.map { item.body.starts(with: $0) } ?? false)
+        }
         do throws(SecureMQError) {
-            try await worker.run { item in
-                if let crashIndex, item.index == crashIndex { Glibc.exit(70) }
-                if let crashPrefix, item.body.starts(with: crashPrefix) { Glibc.exit(70) }
-                if delay > 0 { try await Task.sleep(for: .milliseconds(delay)) }
-                return builtin.handle(item.body)
+            if delay > 0 {
+                // A slow machine: handlers sleep concurrently, up to the credit.
+                try await worker.run { item in
+                    if crashes(item) { Glibc.exit(70) }
+                    try await Task.sleep(for: .milliseconds(delay))
+                    return builtin.handle(item.body)
+                }
+            } else {
+                // The built-in services are quick: run them on the socket thread.
+                try await worker.serve { item in
+                    if crashes(item) { Glibc.exit(70) }
+                    return builtin.handle(item.body)
+                }
             }
         } catch {
             fail(error.message)

@@ -221,6 +221,34 @@ struct PipelineTests {
         await fixture.stop()
     }
 
+    @Test func inlineHandlerServesAndRejects() async throws {
+        let fixture = try await PipelineFixture(peers: [("client-1", "client", 1), ("worker-1", "worker", 1)])
+        let worker = try await Worker.connect(to: fixture.endpoint, brokerKey: fixture.brokerKeys.publicKey,
+                                              keyPair: fixture.keys("worker-1"), service: "sha256", context: fixture.context)
+        let serving = Task {
+            try await worker.serve { item in
+                if item.body.first == 0xFF { throw WorkRejection(code: 415, reason: "no 0xFF here") }
+                return SHA256.hash(item.body).bytes
+            }
+        }
+        let client = try await fixture.client("client-1") { $0.fragmentSize = 1000 }
+        let payload = patternBytes(100_000).map { $0 == 0xFF ? 0 : $0 }
+        let job = try await client.submit(.bytes(payload), to: "sha256")
+        var index = 0
+        for try await result in job {
+            let chunk = Array(payload[index * 1000..<min(payload.count, index * 1000 + 1000)])
+            #expect(result.body == SHA256.hash(chunk).bytes)
+            index += 1
+        }
+        #expect(index == 100)
+        let refused = await #expect(throws: SecureMQError.self) { _ = try await client.request([0xFF], service: "sha256") }
+        #expect(refused?.status == 415)
+        await worker.close()
+        _ = try? await serving.value
+        await client.close()
+        await fixture.stop()
+    }
+
     @Test func mmiServiceAnswersWhetherAServiceHasWorkers() async throws {
         let fixture = try await PipelineFixture(peers: [("client-1", "client", 1), ("worker-1", "worker", 1)])
         try await fixture.startWorker("worker-1")

@@ -142,6 +142,23 @@ public final class Worker: Sendable {
         if let failure = ending ?? nil { throw failure }
     }
 
+    /// Serves fragments with a synchronous handler run on the worker's socket thread, one at a
+    /// time, until the worker is closed or sent away: no task, stream or thread hop per fragment.
+    ///
+    /// For handlers that are quick and never block (a digest, a transform of a small fragment):
+    /// while one runs the worker neither receives nor heartbeats, so a handler that can take
+    /// longer than the heartbeat interval belongs in ``run(_:)``.
+    /// - Throws: as ``run(_:)``.
+    public func serve(_ handler: @escaping @Sendable (WorkItem) throws -> [UInt8]) async throws(SecureMQError) {
+        let box = UncheckedBox(engine)
+        await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
+            let accepted = thread.execute { box.value.startInline(handler, done: done) }
+            if !accepted { done.resume() }
+        }
+        let ending = try? await thread.run { () throws(SecureMQError) in box.value.endReason }
+        if let failure = ending ?? nil { throw failure }
+    }
+
     /// Fragments this worker has answered (results and rejections).
     public func processed() async -> Int {
         let box = UncheckedBox(engine)

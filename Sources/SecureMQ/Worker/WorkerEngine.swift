@@ -22,6 +22,9 @@ final class WorkerEngine {
     private var continuation: AsyncStream<Pending>.Continuation?
     private var backlog: [Pending] = []
     private(set) var endReason: SecureMQError?
+    /// A handler run right here on the socket thread (``Worker/serve(_:)``), and who waits for the end.
+    private var inlineHandler: (@Sendable (WorkItem) throws -> [UInt8])?
+    private var endWaiters: [CheckedContinuation<Void, Never>] = []
     private(set) var processed = 0
     private var lastHeard: UInt64
     /// Whether the broker showed it accepted our READY (a HEARTBEAT or WORK since).
@@ -85,6 +88,29 @@ final class WorkerEngine {
         return stream
     }
 
+    /// Serves with `handler` on this thread until the worker ends; `done` is resumed then.
+    func startInline(_ handler: @escaping @Sendable (WorkItem) throws -> [UInt8], done: CheckedContinuation<Void, Never>) {
+        guard endReason == nil, client.socket.isOpen else { return done.resume() }
+        inlineHandler = handler
+        endWaiters.append(done)
+        let waiting = backlog
+        backlog.removeAll()
+        for item in waiting { runInline(item) }
+    }
+
+    private func runInline(_ item: Pending) {
+        guard let handler = inlineHandler else { return }
+        let outcome: Result<[UInt8], WorkRejection>
+        do {
+            outcome = .success(try handler(item.work))
+        } catch let rejection as WorkRejection {
+            outcome = .failure(rejection)
+        } catch {
+            outcome = .failure(WorkRejection(code: 520, retryable: false, reason: "\(error)"))
+        }
+        finish(item, outcome)
+    }
+
     private func sendReady() {
         let ready = ControlMessage.ready(credit: UInt32(options.credit), heartbeatMilliseconds: UInt32(options.heartbeatInterval.milliseconds),
                                          service: service)
@@ -145,7 +171,13 @@ final class WorkerEngine {
             let work = WorkItem(id: header.jobID, index: Int(header.index), count: Int(header.count),
                                 offset: Int(header.offset), service: fragment.service.description, body: Array(fragment.body))
             let pending = Pending(work: work, delivery: fragment.tag, jobID: header.jobID, index: header.index, count: header.count)
-            if let continuation { continuation.yield(pending) } else { backlog.append(pending) }
+            if inlineHandler != nil {
+                runInline(pending)
+            } else if let continuation {
+                continuation.yield(pending)
+            } else {
+                backlog.append(pending)
+            }
         case .heartbeat:
             accepted = true
         case .disconnect(let reason):
@@ -209,6 +241,9 @@ final class WorkerEngine {
         if let registration { thread.unregister(registration) }
         registration = nil
         continuation?.finish()
+        let waiters = endWaiters
+        endWaiters.removeAll()
+        for waiter in waiters { waiter.resume() }
     }
 
     func close() {
