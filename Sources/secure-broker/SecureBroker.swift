@@ -185,15 +185,11 @@ func fail(_ message: String) -> Never {
 }
 
 enum ByteSize {
+    /// A size option (`256M`, `1M`), or a validation error naming the option.
     static func parse(_ text: String, option: String) throws -> Int {
-        let units: [Character: Int] = ["K": 1 << 10, "M": 1 << 20, "G": 1 << 30]
-        var digits = text.uppercased()
-        if digits.hasSuffix("IB") { digits.removeLast(2) } else if digits.hasSuffix("B") { digits.removeLast() }
-        var scale = 1
-        if let last = digits.last, let unit = units[last] { scale = unit; digits.removeLast() }
-        guard let value = Int(digits), value > 0 else {
+        guard let bytes = ByteCount.parse(text) else {
             throw ValidationError("\(option) must be a positive size such as 262144, 256K or 1M; got '\(text)'")
         }
-        return value * scale
+        return bytes
     }
 }

@@ -114,24 +114,15 @@ enum Cleanup {
 }
 
 enum ByteSize {
+    /// A size option (`256K`, `1M`), or a validation error naming the option.
     static func parse(_ text: String, option: String) throws -> Int {
-        let units: [Character: Int] = ["K": 1 << 10, "M": 1 << 20, "G": 1 << 30]
-        var digits = text.uppercased()
-        if digits.hasSuffix("IB") { digits.removeLast(2) } else if digits.hasSuffix("B") { digits.removeLast() }
-        var scale = 1
-        if let last = digits.last, let unit = units[last] { scale = unit; digits.removeLast() }
-        guard let value = Int(digits), value > 0 else {
+        guard let bytes = ByteCount.parse(text) else {
             throw ValidationError("\(option) must be a positive size such as 65536, 256K or 1M; got '\(text)'")
         }
-        return value * scale
+        return bytes
     }
 
-    static func format(_ bytes: Int) -> String {
-        if bytes >= 1 << 30 { return String(format: "%.2f GiB", Double(bytes) / Double(1 << 30)) }
-        if bytes >= 1 << 20 { return String(format: "%.1f MiB", Double(bytes) / Double(1 << 20)) }
-        if bytes >= 1 << 10 { return String(format: "%.1f KiB", Double(bytes) / Double(1 << 10)) }
-        return "\(bytes) B"
-    }
+    static func format(_ bytes: Int) -> String { ByteCount.format(bytes) }
 }
 
 /// `print` buffers when stdout is a pipe; the demo and the tests read lines as they come.

@@ -205,3 +205,16 @@ func removeTree(_ path: String) throws {
     closedir(dir)
     rmdir(path)
 }
+
+@Suite struct ByteCountTests {
+    @Test(arguments: [("262144", 262144), ("256K", 262144), ("256k", 262144), ("1M", 1 << 20), ("1MiB", 1 << 20),
+                      ("2G", 2 << 30), ("64B", 64)])
+    func parsesSizes(text: String, bytes: Int) {
+        #expect(ByteCount.parse(text) == bytes)
+    }
+
+    @Test(arguments: ["", "0", "-1", "1T", "K", "12.5M", "99999999999999999G"])
+    func refusesTheRest(text: String) {
+        #expect(ByteCount.parse(text) == nil)
+    }
+}

@@ -58,26 +58,12 @@ public final class Client: Sendable {
         }
         var connectionOptions = options.connection
         connectionOptions.maxMessageSize = Wire.maxMessageSize(forFragment: options.maxFragmentSize)
-        let thread = try SocketThread(name: "securemq-client")
-        let engine: ClientEngine
-        do {
-            engine = try thread.runAndWait { () throws(SecureMQError) in
-                let socket = try CurveClientSocket(context: context, thread: thread, endpoint: endpoint, serverKey: brokerKey,
-                                                   keyPair: keyPair, options: connectionOptions, logger: logger)
-                let engine = ClientEngine(socket: socket, thread: thread, options: options, logger: logger)
-                thread.onStop { engine.close() }
-                return engine
-            }
-        } catch {
-            thread.requestStop()
-            throw error
+        let (thread, engine) = try await SocketThread.startConnected(name: "securemq-client") { (thread) throws(SecureMQError) in
+            let socket = try CurveClientSocket(context: context, thread: thread, endpoint: endpoint, serverKey: brokerKey,
+                                               keyPair: keyPair, options: connectionOptions, logger: logger)
+            return ClientEngine(socket: socket, thread: thread, options: options, logger: logger)
         }
-        let client = Client(thread: thread, engine: engine, options: options)
-        let box = UncheckedBox(engine)
-        let _: Bool = try await thread.wait(register: { id, continuation in
-            box.value.waitConnected(id: id, continuation)
-        }, cancel: { id in box.value.connectWaiters.cancel(id: id) })
-        return client
+        return Client(thread: thread, engine: engine, options: options)
     }
 
     /// Starts a job: the payload is split into fragments and sent as the window allows.

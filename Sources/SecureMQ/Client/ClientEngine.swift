@@ -53,7 +53,7 @@ final class ClientJob {
 }
 
 /// The owner-thread side of a ``Client``.
-final class ClientEngine {
+final class ClientEngine: ConnectingEngine {
     let client: CurveClientSocket
     let connectWaiters: Waiters<Bool>
     let options: Client.Options
@@ -62,7 +62,7 @@ final class ClientEngine {
     private let limits: ProtocolLimits
     private var jobs: [JobID: ClientJob] = [:]
     private var registration: SocketThread.Registration?
-    private var received = ZMQMessage()
+    private let received = ZMQMessage()
     /// One-fragment requests (``Client/request(_:service:)``): no job machinery, one thread
     /// crossing each way.
     private var requests: [JobID: PendingRequest] = [:]
@@ -335,19 +335,9 @@ final class ClientEngine {
     }
 
     private func readAll() {
-        for _ in 0..<1024 {
-            do {
-                guard try client.socket.receive(into: received) else { return }
-            } catch {
-                return
-            }
+        client.receiveEach(into: received) { message in
             lastHeard = SocketThread.now()
-            if received.hasMore {
-                while (try? client.socket.receive(into: received)) == true && received.hasMore {}
-                logger.warning("dropped a multipart message from the broker")
-                continue
-            }
-            handle(received.bytes)
+            handle(message.bytes)
         }
     }
 

@@ -112,6 +112,21 @@ final class CurveClientSocket {
         set(.connecting)
     }
 
+    /// Reads what is queued (a bounded batch, so timers still run under load) and hands each
+    /// one-frame message to `body`, in the one reused `buffer`; multipart messages are read to
+    /// their end and dropped with a log line (SMQ/1 messages are one frame).
+    func receiveEach(into buffer: ZMQMessage, limit: Int = 1024, _ body: (ZMQMessage) -> Void) {
+        for _ in 0..<limit {
+            guard (try? socket.receive(into: buffer)) == true else { return }
+            if buffer.hasMore {
+                while (try? socket.receive(into: buffer)) == true && buffer.hasMore {}
+                logger.warning("dropped a multipart message", metadata: ["endpoint": "\(endpoint)"])
+                continue
+            }
+            body(buffer)
+        }
+    }
+
     var isConnected: Bool {
         if case .connected = state { return true }
         return false

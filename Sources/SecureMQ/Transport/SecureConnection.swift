@@ -45,26 +45,12 @@ public final class SecureConnection: Sendable {
         to endpoint: String, serverKey: PublicKey, keyPair: KeyPair, context: SecureContext = .shared,
         options: ConnectionOptions = ConnectionOptions(), logger: Logger = Logger(label: "securemq.connection")
     ) async throws(SecureMQError) -> SecureConnection {
-        let thread = try SocketThread(name: "securemq-connection")
-        let core: Core
-        do {
-            core = try thread.runAndWait { () throws(SecureMQError) in
-                let client = try CurveClientSocket(context: context, thread: thread, endpoint: endpoint, serverKey: serverKey,
-                                                   keyPair: keyPair, options: options, logger: logger)
-                let core = Core(client: client, thread: thread, maxMessageSize: options.maxMessageSize, logger: logger)
-                thread.onStop { core.close() }
-                return core
-            }
-        } catch {
-            thread.requestStop()
-            throw error
+        let (thread, core) = try await SocketThread.startConnected(name: "securemq-connection") { (thread) throws(SecureMQError) in
+            let client = try CurveClientSocket(context: context, thread: thread, endpoint: endpoint, serverKey: serverKey,
+                                               keyPair: keyPair, options: options, logger: logger)
+            return Core(client: client, thread: thread, maxMessageSize: options.maxMessageSize, logger: logger)
         }
-        let connection = SecureConnection(endpoint: endpoint, thread: thread, core: core)
-        let box = UncheckedBox(core)
-        let _: Bool = try await thread.wait(register: { id, continuation in
-            box.value.waitConnected(id: id, continuation)
-        }, cancel: { id in box.value.connectWaiters.cancel(id: id) })
-        return connection
+        return SecureConnection(endpoint: endpoint, thread: thread, core: core)
     }
 
     /// Sends one message (one frame).
@@ -91,7 +77,7 @@ public final class SecureConnection: Sendable {
     }
 
     /// The owner-thread side.
-    final class Core {
+    final class Core: ConnectingEngine {
         let client: CurveClientSocket
         let connectWaiters: Waiters<Bool>
         let receivers: Waiters<[UInt8]>

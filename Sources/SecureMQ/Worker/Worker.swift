@@ -89,26 +89,12 @@ public final class Worker: Sendable {
         }
         var connectionOptions = options.connection
         connectionOptions.maxMessageSize = Wire.maxMessageSize(forFragment: options.maxFragmentSize)
-        let thread = try SocketThread(name: "securemq-worker")
-        let engine: WorkerEngine
-        do {
-            engine = try thread.runAndWait { () throws(SecureMQError) in
-                let socket = try CurveClientSocket(context: context, thread: thread, endpoint: endpoint, serverKey: brokerKey,
-                                                   keyPair: keyPair, options: connectionOptions, logger: logger)
-                let engine = WorkerEngine(socket: socket, thread: thread, service: serviceName, options: options, logger: logger)
-                thread.onStop { engine.close() }
-                return engine
-            }
-        } catch {
-            thread.requestStop()
-            throw error
+        let (thread, engine) = try await SocketThread.startConnected(name: "securemq-worker") { (thread) throws(SecureMQError) in
+            let socket = try CurveClientSocket(context: context, thread: thread, endpoint: endpoint, serverKey: brokerKey,
+                                               keyPair: keyPair, options: connectionOptions, logger: logger)
+            return WorkerEngine(socket: socket, thread: thread, service: serviceName, options: options, logger: logger)
         }
-        let worker = Worker(thread: thread, engine: engine, service: service)
-        let box = UncheckedBox(engine)
-        let _: Bool = try await thread.wait(register: { id, continuation in
-            box.value.waitConnected(id: id, continuation)
-        }, cancel: { id in box.value.connectWaiters.cancel(id: id) })
-        return worker
+        return Worker(thread: thread, engine: engine, service: service)
     }
 
     /// Serves fragments until the worker is closed or the broker sends it away.

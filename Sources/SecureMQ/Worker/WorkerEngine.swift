@@ -2,7 +2,7 @@ import Logging
 import SMQProtocol
 
 /// The owner-thread side of a ``Worker``.
-final class WorkerEngine {
+final class WorkerEngine: ConnectingEngine {
     struct Pending: Sendable {
         let work: WorkItem
         let delivery: UInt64
@@ -132,20 +132,10 @@ final class WorkerEngine {
     }
 
     private func readAll() {
-        for _ in 0..<1024 {
-            do {
-                guard try client.socket.receive(into: received) else { return }
-            } catch {
-                return
-            }
+        // handle() copies what it keeps, so the same message takes the next one.
+        client.receiveEach(into: received) { message in
             lastHeard = SocketThread.now()
-            if received.hasMore {
-                while (try? client.socket.receive(into: received)) == true && received.hasMore {}
-                logger.warning("dropped a multipart message from the broker")
-                continue
-            }
-            // handle() copies what it keeps, so the same message takes the next one.
-            handle(received)
+            handle(message)
         }
     }
 
