@@ -61,7 +61,6 @@ final class ClientEngine: ConnectingEngine {
     private let thread: SocketThread
     private let limits: ProtocolLimits
     private var jobs: [JobID: ClientJob] = [:]
-    private var registration: SocketThread.Registration?
     private let received = ZMQMessage()
     /// One-fragment requests (``Client/request(_:service:)``): no job machinery, one thread
     /// crossing each way.
@@ -81,12 +80,8 @@ final class ClientEngine: ConnectingEngine {
         self.logger = logger
         limits = ProtocolLimits(maxFragment: options.maxFragmentSize)
         connectWaiters = Waiters(thread: thread)
-        registration = thread.register(socket.socket, onReadable: { [unowned self] in self.readAll() })
-        socket.onStateChange = { [unowned self] state in self.stateChanged(state) }
-        socket.onSocketReplaced = { [unowned self] replacement in
-            if let registration = self.registration { thread.unregister(registration) }
-            self.registration = thread.register(replacement, onReadable: { [unowned self] in self.readAll() })
-        }
+        socket.attach(onReadable: { [unowned self] in self.readAll() },
+                      onStateChange: { [unowned self] state in self.stateChanged(state) })
         thread.schedule(after: options.heartbeatInterval, every: options.heartbeatInterval) { [unowned self] in self.heartbeat() }
     }
 

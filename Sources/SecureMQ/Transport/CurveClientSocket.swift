@@ -29,8 +29,8 @@ final class CurveClientSocket {
     var onStateChange: (State) -> Void = { _ in }
 
     private let context: SecureContext
-    /// Called on the owner thread when ``reconnect(because:)`` replaced the socket.
-    var onSocketReplaced: (ZMQSocket) -> Void = { _ in }
+    private var readable: (() -> Void)?
+    private var registration: SocketThread.Registration?
 
     init(context: SecureContext, thread: SocketThread, endpoint: String, serverKey: PublicKey, keyPair: KeyPair,
          options: ConnectionOptions, logger: Logger) throws(SecureMQError) {
@@ -108,8 +108,17 @@ final class CurveClientSocket {
             return
         }
         handshakeFailures = 0
-        onSocketReplaced(socket)
+        if let registration { thread.unregister(registration) }
+        if let readable { registration = thread.register(socket, onReadable: readable) }
         set(.connecting)
+    }
+
+    /// Polls the socket, and each socket that replaces it, calling `onReadable` when messages
+    /// wait; `onStateChange` hears every state change.
+    func attach(onReadable: @escaping () -> Void, onStateChange: @escaping (State) -> Void) {
+        readable = onReadable
+        registration = thread.register(socket, onReadable: onReadable)
+        self.onStateChange = onStateChange
     }
 
     /// Reads what is queued (a bounded batch, so timers still run under load) and hands each
@@ -189,6 +198,8 @@ final class CurveClientSocket {
     }
 
     private func teardown(linger: Duration) {
+        if let registration { thread.unregister(registration) }
+        registration = nil
         if let connectTimer { thread.cancel(connectTimer) }
         connectTimer = nil
         monitor?.stop()

@@ -18,7 +18,6 @@ final class WorkerEngine: ConnectingEngine {
     let logger: Logger
     private let thread: SocketThread
     private let limits: ProtocolLimits
-    private var registration: SocketThread.Registration?
     private var continuation: AsyncStream<Pending>.Continuation?
     private var backlog: [Pending] = []
     private(set) var endReason: SecureMQError?
@@ -41,12 +40,8 @@ final class WorkerEngine: ConnectingEngine {
         limits = ProtocolLimits(maxFragment: options.maxFragmentSize)
         connectWaiters = Waiters(thread: thread)
         lastHeard = SocketThread.now()
-        registration = thread.register(socket.socket, onReadable: { [unowned self] in self.readAll() })
-        socket.onStateChange = { [unowned self] state in self.stateChanged(state) }
-        socket.onSocketReplaced = { [unowned self] replacement in
-            if let registration = self.registration { thread.unregister(registration) }
-            self.registration = thread.register(replacement, onReadable: { [unowned self] in self.readAll() })
-        }
+        socket.attach(onReadable: { [unowned self] in self.readAll() },
+                      onStateChange: { [unowned self] state in self.stateChanged(state) })
         thread.schedule(after: options.heartbeatInterval, every: options.heartbeatInterval) { [unowned self] in self.heartbeat() }
     }
 
@@ -228,8 +223,6 @@ final class WorkerEngine: ConnectingEngine {
     private func end(_ reason: SecureMQError?) {
         if endReason == nil { endReason = reason }
         connectWaiters.failAll(reason ?? SecureMQError(.closed, "the worker is closed"))
-        if let registration { thread.unregister(registration) }
-        registration = nil
         continuation?.finish()
         let waiters = endWaiters
         endWaiters.removeAll()
