@@ -276,14 +276,15 @@ final class ClientEngine: ConnectingEngine {
         fail(job, SecureMQError(.jobFailed, "the job was cancelled", status: FailureCode.cancelled.rawValue))
     }
 
+    /// Ends a job with `error`. Results already received stay: the caller gets them, in
+    /// order, before the error (nothing that arrived is thrown away).
     private func fail(_ job: ClientJob, _ error: SecureMQError) {
-        guard job.failure == nil else { return }
+        guard job.failure == nil, job.finishedAt == nil else { return }
         job.failure = error
         job.outstanding.removeAll()
-        job.ready.removeAll()
         job.finishedAt = SocketThread.now()
         jobs[job.jobID] = nil
-        job.consumers.failAll(error)
+        if job.ready.isEmpty { job.consumers.failAll(error) }
     }
 
     private func failAll(_ error: SecureMQError) {
@@ -299,6 +300,7 @@ final class ClientEngine: ConnectingEngine {
             lastHeard = SocketThread.now()
             return
         }
+        readAll()  // what already arrived counts (see WorkerEngine.heartbeat)
         let silence = SocketThread.now() &- lastHeard
         if silence > options.heartbeatInterval.nanoseconds &* UInt64(options.liveness) {
             // The broker answers every PING; silence this long means it is gone or frozen.
@@ -419,6 +421,9 @@ final class ClientEngine: ConnectingEngine {
         }
         job.outstanding[index] = nil
         job.stats.perWorker[fragment.tag, default: 0] += 1
+        // Every result is here: the job is done, whatever happens to the connection while the
+        // caller is still reading them.
+        if job.gatherer.isComplete { finish(job) }
         deliverReady(job)
     }
 

@@ -116,6 +116,9 @@ final class WorkerEngine: ConnectingEngine {
     private func heartbeat() {
         guard client.isConnected else { return }
         _ = try? client.socket.send(Wire.heartbeat())
+        // Read what already arrived before judging silence: after a pause (SIGSTOP, a long GC-like
+        // stall) the timer can fire before the poll reports the messages waiting.
+        readAll()
         let silence = SocketThread.now() &- lastHeard
         let limit = options.heartbeatInterval.nanoseconds &* UInt64(options.liveness)
         if silence > limit {
