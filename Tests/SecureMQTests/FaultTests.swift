@@ -157,8 +157,11 @@ struct FaultTests {
         let fixture = try await PipelineFixture(peers: [("client-1", "client", 1), ("w1", "worker", 1)]) {
             $0.drainTimeout = .seconds(5)
         }
+        // The worker holds the first fragment until the test has seen the late one refused, so
+        // the drain cannot finish early whatever the machine's load.
+        let (gate, open) = AsyncStream<Void>.makeStream()
         try await fixture.startWorker("w1") { item in
-            try await Task.sleep(for: .milliseconds(300))
+            for await _ in gate { break }
             return item.body
         }
         let client = try await fixture.client("client-1")
@@ -170,6 +173,8 @@ struct FaultTests {
         let late = try await client.submit(.bytes([2]), to: "echo")
         let error = await #expect(throws: SecureMQError.self) { _ = try await late.collect() }
         #expect(error?.status == 503)
+        open.yield()
+        open.finish()
         #expect(try await first.collect() == [1])
         await shutdown.value
         await client.close()

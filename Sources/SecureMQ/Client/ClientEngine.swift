@@ -72,6 +72,8 @@ final class ClientEngine: ConnectingEngine {
     private var jobIDCounter: UInt64 = 0
     private var lastHeard: UInt64 = SocketThread.now()
     private var everConnected = false
+    /// Whether the broker answered anything on this connection (so a DISCONNECT is not a refusal).
+    private var accepted = false
 
     init(socket: CurveClientSocket, thread: SocketThread, options: Client.Options, logger: Logger) {
         client = socket
@@ -96,6 +98,7 @@ final class ClientEngine: ConnectingEngine {
     private func stateChanged(_ state: CurveClientSocket.State) {
         switch state {
         case .connected:
+            accepted = false
             lastHeard = SocketThread.now()
             if everConnected { resubmitOutstanding() }
             everConnected = true
@@ -349,6 +352,7 @@ final class ClientEngine: ConnectingEngine {
             }
             return
         }
+        if message.command != .disconnect { accepted = true }
         switch message {
         case .result(let fragment):
             if let pending = requests[fragment.header.jobID] {
@@ -389,9 +393,19 @@ final class ClientEngine: ConnectingEngine {
         case .pong, .heartbeat:
             break
         case .disconnect(let reason):
-            logger.warning("the broker sent this client away", metadata: ["reason": "\(reason.string)"])
-            failAll(SecureMQError(.disconnected, "the broker disconnected this client: \(reason.string)"))
-            client.close()
+            if accepted {
+                // The broker had been serving us: it is shutting down or dropped us. Connect again
+                // and resend what is unanswered; a revoked key is then refused by ZAP, which
+                // fails every job with a clear error.
+                logger.warning("the broker sent this client away; reconnecting", metadata: ["reason": "\(reason.string)"])
+                client.reconnect(because: "DISCONNECT: \(reason.string)")
+            } else {
+                // Refused before anything was served (a key whose role may not submit): trying
+                // again would only be refused again.
+                logger.warning("the broker refused this client", metadata: ["reason": "\(reason.string)"])
+                failAll(SecureMQError(.disconnected, "the broker disconnected this client: \(reason.string)"))
+                client.close()
+            }
         default:
             logger.warning("dropped an unexpected message from the broker", metadata: ["command": "\(message.command)"])
         }
