@@ -72,8 +72,6 @@ final class ClientEngine: ConnectingEngine {
     private var jobIDCounter: UInt64 = 0
     private var lastHeard: UInt64 = SocketThread.now()
     private var everConnected = false
-    /// Whether the broker answered anything on this connection (so a DISCONNECT is not a refusal).
-    private var accepted = false
 
     init(socket: CurveClientSocket, thread: SocketThread, options: Client.Options, logger: Logger) {
         client = socket
@@ -98,7 +96,6 @@ final class ClientEngine: ConnectingEngine {
     private func stateChanged(_ state: CurveClientSocket.State) {
         switch state {
         case .connected:
-            accepted = false
             lastHeard = SocketThread.now()
             if everConnected { resubmitOutstanding() }
             everConnected = true
@@ -352,7 +349,7 @@ final class ClientEngine: ConnectingEngine {
             }
             return
         }
-        if message.command != .disconnect { accepted = true }
+        if message.command != .disconnect { client.noteServed() }
         switch message {
         case .result(let fragment):
             if let pending = requests[fragment.header.jobID] {
@@ -393,16 +390,8 @@ final class ClientEngine: ConnectingEngine {
         case .pong, .heartbeat:
             break
         case .disconnect(let reason):
-            if accepted {
-                // The broker had been serving us: it is shutting down or dropped us. Connect again
-                // and resend what is unanswered; a revoked key is then refused by ZAP, which
-                // fails every job with a clear error.
-                logger.warning("the broker sent this client away; reconnecting", metadata: ["reason": "\(reason.string)"])
-                client.reconnect(because: "DISCONNECT: \(reason.string)")
-            } else {
-                // Refused before anything was served (a key whose role may not submit): trying
-                // again would only be refused again.
-                logger.warning("the broker refused this client", metadata: ["reason": "\(reason.string)"])
+            // After a reconnection, what is unanswered is resent (resubmitOutstanding).
+            if !client.serverSentUsAway(reason: reason.string) {
                 failAll(SecureMQError(.disconnected, "the broker disconnected this client: \(reason.string)"))
                 client.close()
             }

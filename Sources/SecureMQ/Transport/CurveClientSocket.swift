@@ -30,6 +30,8 @@ final class CurveClientSocket {
 
     private let context: SecureContext
     private var readable: (() -> Void)?
+    /// Whether the server answered anything but DISCONNECT on this connection (PROTOCOL.md C31).
+    private var served = false
     private var registration: SocketThread.Registration?
 
     init(context: SecureContext, thread: SocketThread, endpoint: String, serverKey: PublicKey, keyPair: KeyPair,
@@ -121,6 +123,23 @@ final class CurveClientSocket {
         self.onStateChange = onStateChange
     }
 
+    /// Notes that the server served this connection (a message other than DISCONNECT came).
+    func noteServed() { served = true }
+
+    /// The server sent DISCONNECT. After service it is shutting down or dropped us: reconnect
+    /// (a revoked key is then refused by ZAP with a clear error) and return true. Before any
+    /// service it refused us, and asking again would be refused again: return false, and the
+    /// caller ends with the reason (PROTOCOL.md C31).
+    func serverSentUsAway(reason: String) -> Bool {
+        if served {
+            logger.warning("the server sent us away; reconnecting", metadata: ["endpoint": "\(endpoint)", "reason": "\(reason)"])
+            reconnect(because: "DISCONNECT: \(reason)")
+            return true
+        }
+        logger.warning("the server refused us", metadata: ["endpoint": "\(endpoint)", "reason": "\(reason)"])
+        return false
+    }
+
     /// Reads what is queued (a bounded batch, so timers still run under load) and hands each
     /// one-frame message to `body`, in the one reused `buffer`; multipart messages are read to
     /// their end and dropped with a log line (SMQ/1 messages are one frame).
@@ -149,6 +168,7 @@ final class CurveClientSocket {
             if let connectTimer { thread.cancel(connectTimer) }
             connectTimer = nil
             logger.debug("connected", metadata: ["endpoint": "\(endpoint)", "server": "\(serverKey.fingerprint)"])
+            served = false
             set(.connected)
         case ZMQ_EVENT_HANDSHAKE_FAILED_AUTH:
             // ZAP said no (400/500); libzmq will not retry, and neither do we.

@@ -26,8 +26,6 @@ final class WorkerEngine: ConnectingEngine {
     private var endWaiters: [CheckedContinuation<Void, Never>] = []
     private(set) var processed = 0
     private var lastHeard: UInt64
-    /// Whether the broker showed it accepted our READY (a HEARTBEAT or WORK since).
-    private var accepted = false
     private let received = ZMQMessage()
     private var hasher = SHA256()
 
@@ -51,7 +49,6 @@ final class WorkerEngine: ConnectingEngine {
             // First connection, or libzmq reconnected (a new connection to the broker): announce
             // the service again; the broker knows connections, not workers.
             lastHeard = SocketThread.now()
-            accepted = false
             sendReady()
             while connectWaiters.resumeFirst(true) {}
         case .failed(let error):
@@ -150,7 +147,7 @@ final class WorkerEngine: ConnectingEngine {
         }
         switch parsed {
         case .work(let fragment):
-            accepted = true
+            client.noteServed()
             let header = fragment.header
             guard hasher.digest(of: fragment.body) == header.digest else {
                 reject(fragment.tag, code: .malformed, retryable: false, reason: "fragment \(header.index) failed its SHA-256 check")
@@ -167,18 +164,10 @@ final class WorkerEngine: ConnectingEngine {
                 backlog.append(pending)
             }
         case .heartbeat:
-            accepted = true
+            client.noteServed()
         case .disconnect(let reason):
-            if accepted {
-                // The broker had us registered: it is shutting down or dropped us. Connect again
-                // (with libzmq's back-off) and register anew; a revoked key is then refused by
-                // ZAP, which ends the worker with a clear error.
-                logger.warning("the broker sent this worker away; reconnecting", metadata: ["reason": "\(reason.string)"])
-                client.reconnect(because: "DISCONNECT: \(reason.string)")
-            } else {
-                // Refused right after READY (wrong role, a service it may not serve): trying
-                // again would only be refused again.
-                logger.warning("the broker refused this worker", metadata: ["reason": "\(reason.string)"])
+            // After a reconnection the worker registers again (stateChanged sends READY).
+            if !client.serverSentUsAway(reason: reason.string) {
                 end(SecureMQError(.disconnected, "the broker disconnected this worker: \(reason.string)"))
                 client.close()
             }
