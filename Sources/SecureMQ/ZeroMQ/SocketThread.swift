@@ -54,6 +54,11 @@ final class SocketThread: @unchecked Sendable {
         var exited = false
         var exitWaiters: [CheckedContinuation<Void, Never>] = []
         var owner: pthread_t?
+        /// The owner thread is in (or about to enter) zmq_poll with an empty inbox: work
+        /// must wake it. A busy thread finds new work at the top of its loop, so a caller
+        /// writes the eventfd only when it sleeps, and only once per sleep.
+        var sleeping = false
+        var woken = false
     }
 
     let name: String
@@ -105,12 +110,14 @@ final class SocketThread: @unchecked Sendable {
     /// Runs `work` on the owner thread. Returns false if the thread has stopped (work not run).
     @discardableResult
     func execute(_ work: @escaping Work) -> Bool {
-        let accepted = shared.withLock { state -> Bool in
-            guard !state.stopRequested else { return false }
+        let (accepted, needsWake) = shared.withLock { state -> (Bool, Bool) in
+            guard !state.stopRequested else { return (false, false) }
             state.inbox.append(work)
-            return true
+            let needsWake = state.sleeping && !state.woken
+            if needsWake { state.woken = true }
+            return (true, needsWake)
         }
-        if accepted { wake() }
+        if needsWake { wake() }
         return accepted
     }
 
@@ -277,9 +284,22 @@ final class SocketThread: @unchecked Sendable {
             let now = Self.now()
             timeout = next <= now ? 0 : Int((next - now + 999_999) / 1_000_000)
         }
+        // Sleep only with an empty inbox; from here on, new work writes the eventfd.
+        let mayBlock = shared.withLock { state -> Bool in
+            guard state.inbox.isEmpty, !state.stopRequested else { return false }
+            state.sleeping = true
+            return true
+        }
+        if !mayBlock { timeout = 0 }
         let count = pollItems.count
         let rc = pollItems.withUnsafeMutableBufferPointer { items in
             zmq_poll(items.baseAddress, Int32(count), timeout)
+        }
+        if mayBlock {
+            shared.withLock { state in
+                state.sleeping = false
+                state.woken = false
+            }
         }
         if rc > 0 {
             if pollItems[0].revents != 0 {
