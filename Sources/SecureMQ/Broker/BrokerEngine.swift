@@ -39,6 +39,7 @@ final class BrokerEngine {
     /// Reused for every routing-id frame; bodies get a message of their own (they may be kept).
     private let routingFrame = ZMQMessage()
     private var spareBody: ZMQMessage?
+    private let sendScratch = ZMQMessage()
     private var monitor: SocketMonitor?
     let limits: ProtocolLimits
 
@@ -279,7 +280,8 @@ final class BrokerEngine {
 
     /// Sends a kept message without copying its body: a zmq_msg_copy shares the buffer.
     func send(message: ZMQMessage, to connection: Connection) -> Bool {
-        let outgoing = ZMQMessage()
+        // One reused message: zmq_msg_copy releases what it held, a successful send empties it.
+        let outgoing = sendScratch
         zmq_msg_copy(outgoing.pointer, message.pointer)
         do {
             guard try server.socket.send(connection.address, more: true) else { return false }

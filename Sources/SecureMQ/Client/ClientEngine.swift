@@ -62,6 +62,7 @@ final class ClientEngine: ConnectingEngine {
     private let limits: ProtocolLimits
     private var jobs: [JobID: ClientJob] = [:]
     private let received = ZMQMessage()
+    private let sendScratch = ZMQMessage()
     /// One-fragment requests (``Client/request(_:service:)``): no job machinery, one thread
     /// crossing each way.
     private var requests: [JobID: PendingRequest] = [:]
@@ -228,7 +229,8 @@ final class ClientEngine: ConnectingEngine {
 
     /// Sends a kept message; zmq_msg_copy shares the buffer, so nothing is copied.
     private func send(copyOf message: ZMQMessage) {
-        let outgoing = ZMQMessage()
+        // One reused message: zmq_msg_copy releases what it held, a successful send empties it.
+        let outgoing = sendScratch
         outgoing.copy(from: message)
         // A full send queue (HWM) keeps the fragment outstanding; the broker never saw it, and
         // a resend on reconnect or BUSY covers it.
