@@ -499,12 +499,12 @@ struct BenchWorker: AsyncParsableCommand {
             await worker.close()
         }
         do throws(SecureMQError) {
-            try await worker.serve { item in
-                guard replySize > 0 else { return item.body }
+            try await worker.serveInPlace { _, body in
+                guard replySize > 0 else { return Array(body) }
                 var reply = [UInt8](repeating: 0, count: replySize)
-                let carried = Swift.min(16, item.body.count)
+                let carried = Swift.min(16, body.count)
                 reply.withUnsafeMutableBytes { out in
-                    item.body.withUnsafeBytes { out.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[0..<carried])) }
+                    out.copyMemory(from: UnsafeRawBufferPointer(rebasing: body[0..<carried]))
                 }
                 return reply
             }

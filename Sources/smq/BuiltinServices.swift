@@ -11,8 +11,13 @@ enum BuiltinService: String, CaseIterable {
     case upper
 
     func handle(_ body: [UInt8]) -> [UInt8] {
+        body.withUnsafeBytes { handle($0) }
+    }
+
+    /// The same, reading the fragment where it arrived.
+    func handle(_ body: UnsafeRawBufferPointer) -> [UInt8] {
         switch self {
-        case .echo: return body
+        case .echo: return Array(body)
         case .sha256: return SHA256.hash(body).bytes
         case .upper: return body.map { $0 >= 0x61 && $0 <= 0x7A ? $0 - 0x20 : $0 }
         }

@@ -64,22 +64,22 @@ struct WorkerCommand: AsyncParsableCommand {
             await waitForTerminationSignal()
             await worker.close()
         }
-        let crashes: @Sendable (WorkItem) -> Bool = { item in
-            (crashIndex.map { item.index == $0 } ?? false) || (crashPrefix.map { item.body.starts(with: $0) } ?? false)
+        let crashes: @Sendable (WorkHeader, UnsafeRawBufferPointer) -> Bool = { header, body in
+            (crashIndex.map { header.index == $0 } ?? false) || (crashPrefix.map { body.starts(with: $0) } ?? false)
         }
         do throws(SecureMQError) {
             if delay > 0 {
                 // A slow machine: handlers sleep concurrently, up to the credit.
                 try await worker.run { item in
-                    if crashes(item) { Glibc.exit(70) }
+                    if item.body.withUnsafeBytes({ crashes(item.header, $0) }) { Glibc.exit(70) }
                     try await Task.sleep(for: .milliseconds(delay))
                     return builtin.handle(item.body)
                 }
             } else {
-                // The built-in services are quick: run them on the socket thread.
-                try await worker.serve { item in
-                    if crashes(item) { Glibc.exit(70) }
-                    return builtin.handle(item.body)
+                // The built-in services are quick: run them on the socket thread, in place.
+                try await worker.serveInPlace { header, body in
+                    if crashes(header, body) { Glibc.exit(70) }
+                    return builtin.handle(body)
                 }
             }
         } catch {

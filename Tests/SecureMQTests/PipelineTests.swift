@@ -249,6 +249,31 @@ struct PipelineTests {
         await fixture.stop()
     }
 
+    @Test func inPlaceHandlerReadsFragmentsWithoutACopy() async throws {
+        let fixture = try await PipelineFixture(peers: [("client-1", "client", 1), ("worker-1", "worker", 1)])
+        let worker = try await Worker.connect(to: fixture.endpoint, brokerKey: fixture.brokerKeys.publicKey,
+                                              keyPair: fixture.keys("worker-1"), service: "count", context: fixture.context)
+        let serving = Task {
+            try await worker.serveInPlace { header, body in
+                // The index and the number of zero bytes: a small result from a big fragment.
+                Array("\(header.index):\(body.count { $0 == 0 })".utf8)
+            }
+        }
+        let client = try await fixture.client("client-1") { $0.fragmentSize = 64 << 10 }
+        let payload = patternBytes(1 << 20)
+        var index = 0
+        for try await result in try await client.submit(.bytes(payload), to: "count") {
+            let chunk = payload[index * (64 << 10)..<(index + 1) * (64 << 10)]
+            #expect(result.body == Array("\(index):\(chunk.count { $0 == 0 })".utf8))
+            index += 1
+        }
+        #expect(index == 16)
+        await worker.close()
+        _ = try? await serving.value
+        await client.close()
+        await fixture.stop()
+    }
+
     @Test func mmiServiceAnswersWhetherAServiceHasWorkers() async throws {
         let fixture = try await PipelineFixture(peers: [("client-1", "client", 1), ("worker-1", "worker", 1)])
         try await fixture.startWorker("worker-1")

@@ -1,19 +1,35 @@
 public import Logging
 import SMQProtocol
 
-/// One fragment for a worker's handler.
-public struct WorkItem: Sendable {
-    /// The job's id (hex) and the fragment's place in it.
+/// Where a fragment belongs: its job, its place, its service.
+public struct WorkHeader: Sendable {
+    /// The job's id (hex).
     public var jobID: String { id.description }
     let id: JobID
+    /// The fragment's index in the job, and the job's fragment count.
     public let index: Int
     public let count: Int
     /// The fragment's byte offset in the client's payload.
     public let offset: Int
     /// The service the fragment was submitted to.
     public let service: String
+}
+
+/// One fragment for a worker's handler.
+public struct WorkItem: Sendable {
+    public let header: WorkHeader
     /// The fragment's bytes, already checked against their SHA-256.
     public let body: [UInt8]
+
+    /// The job's id (hex).
+    public var jobID: String { header.jobID }
+    /// The fragment's place in the job.
+    public var index: Int { header.index }
+    public var count: Int { header.count }
+    /// The fragment's byte offset in the client's payload.
+    public var offset: Int { header.offset }
+    /// The service the fragment was submitted to.
+    public var service: String { header.service }
 }
 
 /// Thrown by a handler to refuse a fragment with a code and a reason the client will see.
@@ -136,6 +152,16 @@ public final class Worker: Sendable {
     /// longer than the heartbeat interval belongs in ``run(_:)``.
     /// - Throws: as ``run(_:)``.
     public func serve(_ handler: @escaping @Sendable (WorkItem) throws -> [UInt8]) async throws(SecureMQError) {
+        try await serveInPlace { header, body in try handler(WorkItem(header: header, body: Array(body))) }
+    }
+
+    /// Like ``serve(_:)``, but the handler reads the fragment where it arrived, without a copy:
+    /// the buffer is valid only during the call (copy what must outlive it).
+    ///
+    /// For large fragments whose result is small (a digest, a count), this saves the one copy
+    /// of each body that the `[UInt8]` of a ``WorkItem`` costs.
+    /// - Throws: as ``run(_:)``.
+    public func serveInPlace(_ handler: @escaping @Sendable (WorkHeader, UnsafeRawBufferPointer) throws -> [UInt8]) async throws(SecureMQError) {
         let box = UncheckedBox(engine)
         await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
             let accepted = thread.execute { box.value.startInline(handler, done: done) }

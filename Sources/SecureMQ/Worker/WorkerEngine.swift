@@ -5,6 +5,7 @@ import SMQProtocol
 final class WorkerEngine: ConnectingEngine {
     struct Pending: Sendable {
         let work: WorkItem
+        var header: WorkHeader { work.header }
         let delivery: UInt64
         let jobID: JobID
         let index: UInt32
@@ -22,7 +23,7 @@ final class WorkerEngine: ConnectingEngine {
     private var backlog: [Pending] = []
     private(set) var endReason: SecureMQError?
     /// A handler run right here on the socket thread (``Worker/serve(_:)``), and who waits for the end.
-    private var inlineHandler: (@Sendable (WorkItem) throws -> [UInt8])?
+    private var inlineHandler: (@Sendable (WorkHeader, UnsafeRawBufferPointer) throws -> [UInt8])?
     private var endWaiters: [CheckedContinuation<Void, Never>] = []
     private(set) var processed = 0
     private var lastHeard: UInt64
@@ -81,26 +82,28 @@ final class WorkerEngine: ConnectingEngine {
     }
 
     /// Serves with `handler` on this thread until the worker ends; `done` is resumed then.
-    func startInline(_ handler: @escaping @Sendable (WorkItem) throws -> [UInt8], done: CheckedContinuation<Void, Never>) {
+    func startInline(_ handler: @escaping @Sendable (WorkHeader, UnsafeRawBufferPointer) throws -> [UInt8],
+                     done: CheckedContinuation<Void, Never>) {
         guard endReason == nil, client.socket.isOpen else { return done.resume() }
         inlineHandler = handler
         endWaiters.append(done)
         let waiting = backlog
         backlog.removeAll()
-        for item in waiting { runInline(item) }
+        for item in waiting {
+            let outcome = item.work.body.withUnsafeBytes { runInline(item.header, $0) }
+            finish(item.delivery, item.jobID, item.index, item.count, outcome)
+        }
     }
 
-    private func runInline(_ item: Pending) {
-        guard let handler = inlineHandler else { return }
-        let outcome: Result<[UInt8], WorkRejection>
+    private func runInline(_ header: WorkHeader, _ body: UnsafeRawBufferPointer) -> Result<[UInt8], WorkRejection> {
+        guard let handler = inlineHandler else { return .failure(WorkRejection(code: 500, reason: "no handler")) }
         do {
-            outcome = .success(try handler(item.work))
+            return .success(try handler(header, body))
         } catch let rejection as WorkRejection {
-            outcome = .failure(rejection)
+            return .failure(rejection)
         } catch {
-            outcome = .failure(WorkRejection(code: 520, retryable: false, reason: "\(error)"))
+            return .failure(WorkRejection(code: 520, retryable: false, reason: "\(error)"))
         }
-        finish(item, outcome)
     }
 
     private func sendReady() {
@@ -153,12 +156,17 @@ final class WorkerEngine: ConnectingEngine {
                 reject(fragment.tag, code: .malformed, retryable: false, reason: "fragment \(header.index) failed its SHA-256 check")
                 return
             }
-            let work = WorkItem(id: header.jobID, index: Int(header.index), count: Int(header.count),
-                                offset: Int(header.offset), service: fragment.service.description, body: Array(fragment.body))
-            let pending = Pending(work: work, delivery: fragment.tag, jobID: header.jobID, index: header.index, count: header.count)
+            let workHeader = WorkHeader(id: header.jobID, index: Int(header.index), count: Int(header.count),
+                                        offset: Int(header.offset), service: fragment.service.description)
             if inlineHandler != nil {
-                runInline(pending)
-            } else if let continuation {
+                // In place: the handler reads the body where libzmq put it.
+                let outcome = runInline(workHeader, fragment.body)
+                finish(fragment.tag, header.jobID, header.index, header.count, outcome)
+                return
+            }
+            let pending = Pending(work: WorkItem(header: workHeader, body: Array(fragment.body)), delivery: fragment.tag,
+                                  jobID: header.jobID, index: header.index, count: header.count)
+            if let continuation {
                 continuation.yield(pending)
             } else {
                 backlog.append(pending)
@@ -178,26 +186,30 @@ final class WorkerEngine: ConnectingEngine {
 
     /// Sends a handler's outcome: DONE with the result, or REJECT.
     func finish(_ item: Pending, _ outcome: Result<[UInt8], WorkRejection>) {
+        finish(item.delivery, item.jobID, item.index, item.count, outcome)
+    }
+
+    private func finish(_ delivery: UInt64, _ jobID: JobID, _ index: UInt32, _ count: UInt32, _ outcome: Result<[UInt8], WorkRejection>) {
         processed += 1
         guard client.socket.isOpen else { return }
         switch outcome {
         case .success(let body):
             guard body.count <= options.maxFragmentSize else {
-                reject(item.delivery, code: .tooLarge, retryable: false,
+                reject(delivery, code: .tooLarge, retryable: false,
                        reason: "result of \(body.count) bytes exceeds max-fragment \(options.maxFragmentSize)")
                 return
             }
             let header = body.withUnsafeBytes { bytes in
-                FragmentHeader(jobID: item.jobID, index: item.index, count: item.count, length: UInt32(bytes.count), digest: hasher.digest(of: bytes))
+                FragmentHeader(jobID: jobID, index: index, count: count, length: UInt32(bytes.count), digest: hasher.digest(of: bytes))
             }
             let size = Fragment.encodedSize(serviceLength: service.byteCount, bodyLength: body.count)
             let message = ZMQMessage(size: size)
             let buffer = message.mutableBytes
-            let bodyOffset = Fragment.write(into: buffer, command: .done, tag: item.delivery, service: service, header: header)
+            let bodyOffset = Fragment.write(into: buffer, command: .done, tag: delivery, service: service, header: header)
             body.withUnsafeBytes { buffer.baseAddress!.advanced(by: bodyOffset).copyMemory(from: $0.baseAddress ?? UnsafeRawPointer(buffer.baseAddress!), byteCount: $0.count) }
             _ = try? client.socket.send(message)
         case .failure(let rejection):
-            reject(item.delivery, code: FailureCode(rawValue: rejection.code), retryable: rejection.retryable, reason: rejection.reason)
+            reject(delivery, code: FailureCode(rawValue: rejection.code), retryable: rejection.retryable, reason: rejection.reason)
         }
     }
 
