@@ -37,160 +37,133 @@ struct FaultProcessTests {
         return (child, output)
     }
 
-    @Test func killingOneOfThreeWorkersMidJobLosesNothing() async throws {
-        let harness = try ProcessHarness("kill9")
-        defer { harness.tearDown() }
+    /// A broker, `workers` echo workers (`w1`, `w2`, …) started with `workerArguments`, and a
+    /// client key: every test here starts from one. Keys are made before the broker starts, so its
+    /// first read of the allowlist has them all.
+    struct Cluster {
+        let harness: ProcessHarness
+        let certs: TestCertificates
+        let client: TestPeer
+        let peers: [TestPeer]
+        let broker: BrokerProcess
+        let workers: [ChildProcess]
+    }
+
+    func cluster(_ label: String, workers count: Int, brokerArguments: [String] = [],
+                 workerArguments: [String]) async throws -> Cluster {
+        let harness = try ProcessHarness(label)
         let certs = try TestCertificates(in: harness.directory)
         let client = try certs.client("client-1")
-        let peers = try (1...3).map { try certs.worker("w\($0)") }
-        let broker = try await harness.startBroker(certs)
+        let peers = try (1...count).map { try certs.worker("w\($0)") }
+        let broker = try await harness.startBroker(certs, arguments: brokerArguments)
         var workers: [ChildProcess] = []
         for peer in peers {
             workers.append(try await harness.startWorker(peer, certs: certs, broker: broker, service: "echo",
-                                                         arguments: ["--delay-ms", "20", "--credit", "4"]))
+                                                         arguments: workerArguments))
         }
-        let payload = randomBytes(300 * 1024)
-        let (submit, output) = try startSubmit(harness, certs, broker, client, payload: payload, name: "job")
-        try await waitUntil("50 results") { fileSize(output) >= 50 * 1024 }
-        workers[1].kill()
-        let finished = try await submit.waitForExit(timeout: .seconds(60))
+        return Cluster(harness: harness, certs: certs, client: client, peers: peers, broker: broker, workers: workers)
+    }
+
+    /// The submit ended well, wrote exactly `payload`, and its caller saw no duplicate.
+    func expectDeliveredExactlyOnce(_ submit: ChildProcess, output: String, payload: [UInt8], timeout: Duration = .seconds(60)) async throws {
+        let finished = try await submit.waitForExit(timeout: timeout)
         #expect(finished.succeeded, "\(submit.transcript())")
         let gathered = try [UInt8](Data(contentsOf: URL(fileURLWithPath: output)))
-        let equal = gathered == payload
+        let equal = gathered == payload  // a Bool first: Swift Testing's diff of megabytes never ends
         #expect(equal, "\(firstDifference(gathered, payload))")
         #expect(submit.output(.stderr).contains("duplicates:     0"))
-        #expect(broker.child.output(.stderr).contains("peer connection dropped"))
-        broker.child.terminate()
-        #expect(try await broker.child.waitForExit(timeout: .seconds(15)).succeeded)
-        #expect((stoppedStatistic(broker, "requeued") ?? 0) > 0, "\(broker.child.transcript())")
+    }
+
+    @Test func killingOneOfThreeWorkersMidJobLosesNothing() async throws {
+        let c = try await cluster("kill9", workers: 3, workerArguments: ["--delay-ms", "20", "--credit", "4"])
+        defer { c.harness.tearDown() }
+        let payload = randomBytes(300 * 1024)
+        let (submit, output) = try startSubmit(c.harness, c.certs, c.broker, c.client, payload: payload, name: "job")
+        try await waitUntil("50 results") { fileSize(output) >= 50 * 1024 }
+        c.workers[1].kill()
+        try await expectDeliveredExactlyOnce(submit, output: output, payload: payload)
+        #expect(c.broker.child.output(.stderr).contains("peer connection dropped"))
+        c.broker.child.terminate()
+        #expect(try await c.broker.child.waitForExit(timeout: .seconds(15)).succeeded)
+        #expect((stoppedStatistic(c.broker, "requeued") ?? 0) > 0, "\(c.broker.child.transcript())")
     }
 
     @Test func stoppedWorkerLosesItsWorkAndItsLateResultsAreDiscarded() async throws {
-        let harness = try ProcessHarness("sigstop")
-        defer { harness.tearDown() }
-        let certs = try TestCertificates(in: harness.directory)
-        let client = try certs.client("client-1")
-        let frozen = try certs.worker("w1")
-        let other = try certs.worker("w2")
-        let broker = try await harness.startBroker(certs)
-        let w1 = try await harness.startWorker(frozen, certs: certs, broker: broker, service: "echo",
-                                               arguments: ["--delay-ms", "20", "--credit", "4", "--heartbeat-ms", "200"])
-        _ = try await harness.startWorker(other, certs: certs, broker: broker, service: "echo",
-                                          arguments: ["--delay-ms", "20", "--credit", "4", "--heartbeat-ms", "200"])
+        let c = try await cluster("sigstop", workers: 2, workerArguments: ["--delay-ms", "20", "--credit", "4", "--heartbeat-ms", "200"])
+        defer { c.harness.tearDown() }
+        let frozen = c.peers[0]
         let payload = randomBytes(300 * 1024)
-        let (submit, output) = try startSubmit(harness, certs, broker, client, payload: payload, name: "job")
+        let (submit, output) = try startSubmit(c.harness, c.certs, c.broker, c.client, payload: payload, name: "job")
         try await waitUntil("50 results") { fileSize(output) >= 50 * 1024 }
-        w1.send(SIGSTOP)
+        c.workers[0].send(SIGSTOP)
         // Silent for 3 × 200 ms: the broker gives its fragments to w2.
-        try await broker.child.waitForLine(containing: "presumed dead", "key=\(frozen.fingerprint)")
-        w1.resume()
-        let finished = try await submit.waitForExit(timeout: .seconds(60))
-        #expect(finished.succeeded, "\(submit.transcript())")
-        let gathered = try [UInt8](Data(contentsOf: URL(fileURLWithPath: output)))
-        let equal = gathered == payload
-        #expect(equal, "\(firstDifference(gathered, payload))")
-        // Its late results never reached the client.
-        #expect(submit.output(.stderr).contains("duplicates:     0"))
-        try await broker.child.waitForLine(containing: "dropped a result for an unknown delivery", "worker=\(frozen.fingerprint)")
-        broker.child.terminate()
-        #expect(try await broker.child.waitForExit(timeout: .seconds(15)).succeeded)
-        #expect(stoppedStatistic(broker, "deadWorkers") == 1)
+        try await c.broker.child.waitForLine(containing: "presumed dead", "key=\(frozen.fingerprint)")
+        c.workers[0].resume()
+        // Byte-exact with no duplicate: its late results never reached the client…
+        try await expectDeliveredExactlyOnce(submit, output: output, payload: payload)
+        // …because the broker dropped them.
+        try await c.broker.child.waitForLine(containing: "dropped a result for an unknown delivery", "worker=\(frozen.fingerprint)")
+        c.broker.child.terminate()
+        #expect(try await c.broker.child.waitForExit(timeout: .seconds(15)).succeeded)
+        #expect(stoppedStatistic(c.broker, "deadWorkers") == 1)
     }
 
     @Test func poisonFragmentFailsItsJobWith504WhileAnotherJobCompletes() async throws {
-        let harness = try ProcessHarness("poison")
-        defer { harness.tearDown() }
-        let certs = try TestCertificates(in: harness.directory)
-        let client = try certs.client("client-1")
-        let peers = try (1...4).map { try certs.worker("w\($0)") }
-        let broker = try await harness.startBroker(certs, arguments: ["--max-deliveries", "3"])
-        for peer in peers {
-            _ = try await harness.startWorker(peer, certs: certs, broker: broker, service: "echo",
-                                              arguments: ["--crash-on-prefix", "POISON", "--delay-ms", "5", "--credit", "2"])
-        }
+        let c = try await cluster("poison", workers: 4, brokerArguments: ["--max-deliveries", "3"],
+                                  workerArguments: ["--crash-on-prefix", "POISON", "--delay-ms", "5", "--credit", "2"])
+        defer { c.harness.tearDown() }
         var poison = randomBytes(20 * 1024)
         poison.replaceSubrange(5 * 1024..<5 * 1024 + 6, with: Array("POISON".utf8))
         let healthyPayload = randomBytes(200 * 1024)
-        let (poisoned, _) = try startSubmit(harness, certs, broker, client, payload: poison, name: "poison")
-        let (healthy, healthyOutput) = try startSubmit(harness, certs, broker, client, payload: healthyPayload, name: "healthy")
+        let (poisoned, _) = try startSubmit(c.harness, c.certs, c.broker, c.client, payload: poison, name: "poison")
+        let (healthy, healthyOutput) = try startSubmit(c.harness, c.certs, c.broker, c.client, payload: healthyPayload, name: "healthy")
         let poisonEnd = try await poisoned.waitForExit(timeout: .seconds(60))
         #expect(!poisonEnd.succeeded)
         #expect(poisoned.output(.stderr).contains("504"), "\(poisoned.transcript())")
-        let healthyEnd = try await healthy.waitForExit(timeout: .seconds(60))
-        #expect(healthyEnd.succeeded, "\(healthy.transcript())")
-        let healthyEqual = try [UInt8](Data(contentsOf: URL(fileURLWithPath: healthyOutput))) == healthyPayload
-        #expect(healthyEqual)
+        try await expectDeliveredExactlyOnce(healthy, output: healthyOutput, payload: healthyPayload)
         // The broker is still up and serving.
-        #expect(broker.child.isRunning)
-        broker.child.terminate()
-        #expect(try await broker.child.waitForExit(timeout: .seconds(15)).succeeded)
-        #expect(stoppedStatistic(broker, "failedJobs") == 1)
+        #expect(c.broker.child.isRunning)
+        c.broker.child.terminate()
+        #expect(try await c.broker.child.waitForExit(timeout: .seconds(15)).succeeded)
+        #expect(stoppedStatistic(c.broker, "failedJobs") == 1)
     }
 
     @Test func revokedBusyWorkerIsCutOffAndTheJobCompletesOnTheOthers() async throws {
-        let harness = try ProcessHarness("revoke")
-        defer { harness.tearDown() }
-        let certs = try TestCertificates(in: harness.directory)
-        let client = try certs.client("client-1")
-        let revoked = try certs.worker("w1")
-        let other = try certs.worker("w2")
-        let broker = try await harness.startBroker(certs)
-        let w1 = try await harness.startWorker(revoked, certs: certs, broker: broker, service: "echo",
-                                               arguments: ["--delay-ms", "20", "--credit", "4"])
-        _ = try await harness.startWorker(other, certs: certs, broker: broker, service: "echo",
-                                          arguments: ["--delay-ms", "20", "--credit", "4"])
+        let c = try await cluster("revoke", workers: 2, workerArguments: ["--delay-ms", "20", "--credit", "4"])
+        defer { c.harness.tearDown() }
+        let revoked = c.peers[0]
         let payload = randomBytes(300 * 1024)
-        let (submit, output) = try startSubmit(harness, certs, broker, client, payload: payload, name: "job")
+        let (submit, output) = try startSubmit(c.harness, c.certs, c.broker, c.client, payload: payload, name: "job")
         try await waitUntil("50 results") { fileSize(output) >= 50 * 1024 }
-        try certs.revoke(revoked)
+        try c.certs.revoke(revoked)
         // The broker sees the change by content within about a second, and sends w1 away.
-        try await broker.child.waitForLine(containing: "key revoked", "key=\(revoked.fingerprint)")
-        let w1End = try await w1.waitForExit(timeout: .seconds(15))
+        try await c.broker.child.waitForLine(containing: "key revoked", "key=\(revoked.fingerprint)")
+        let w1End = try await c.workers[0].waitForExit(timeout: .seconds(15))
         #expect(!w1End.succeeded)
-        #expect(w1.output(.stderr).contains("revoked"))
-        let finished = try await submit.waitForExit(timeout: .seconds(60))
-        #expect(finished.succeeded, "\(submit.transcript())")
-        let equal = try [UInt8](Data(contentsOf: URL(fileURLWithPath: output))) == payload
-        #expect(equal)
-        #expect(submit.output(.stderr).contains("duplicates:     0"))
+        #expect(c.workers[0].output(.stderr).contains("revoked"))
+        try await expectDeliveredExactlyOnce(submit, output: output, payload: payload)
     }
 
     @Test func jobSurvivesABrokerKilledAndRestarted() async throws {
-        let harness = try ProcessHarness("restart")
-        defer { harness.tearDown() }
-        let certs = try TestCertificates(in: harness.directory)
-        let client = try certs.client("client-1")
-        let peers = try (1...2).map { try certs.worker("w\($0)") }
-        let broker = try await harness.startBroker(certs)
-        for peer in peers {
-            _ = try await harness.startWorker(peer, certs: certs, broker: broker, service: "echo",
-                                              arguments: ["--delay-ms", "20", "--credit", "4"])
-        }
+        let c = try await cluster("restart", workers: 2, workerArguments: ["--delay-ms", "20", "--credit", "4"])
+        defer { c.harness.tearDown() }
         let payload = randomBytes(300 * 1024)
-        let (submit, output) = try startSubmit(harness, certs, broker, client, payload: payload, name: "job")
+        let (submit, output) = try startSubmit(c.harness, c.certs, c.broker, c.client, payload: payload, name: "job")
         try await waitUntil("50 results") { fileSize(output) >= 50 * 1024 }
-        broker.child.kill()
-        _ = try await broker.child.waitForExit(timeout: .seconds(10))
-        let restarted = try await harness.startBroker(certs, port: broker.port, name: "broker-again")
-        let finished = try await submit.waitForExit(timeout: .seconds(90))
-        #expect(finished.succeeded, "\(submit.transcript())\n\(restarted.child.transcript())")
-        let gathered = try [UInt8](Data(contentsOf: URL(fileURLWithPath: output)))
-        let equal = gathered == payload
-        #expect(equal, "\(firstDifference(gathered, payload))")
+        c.broker.child.kill()
+        _ = try await c.broker.child.waitForExit(timeout: .seconds(10))
+        _ = try await c.harness.startBroker(c.certs, port: c.broker.port, name: "broker-again")
+        try await expectDeliveredExactlyOnce(submit, output: output, payload: payload, timeout: .seconds(90))
         #expect(!submit.output(.stderr).contains("resubmitted:    0"), "the client resubmitted what the dead broker held")
     }
 
     @Test func sigtermDrainsInFlightWorkAndRefusesTheRest() async throws {
-        let harness = try ProcessHarness("drain")
-        defer { harness.tearDown() }
-        let certs = try TestCertificates(in: harness.directory)
-        let client = try certs.client("client-1")
-        let worker = try certs.worker("w1")
-        let broker = try await harness.startBroker(certs, arguments: ["--drain-timeout", "5"])
-        _ = try await harness.startWorker(worker, certs: certs, broker: broker, service: "echo",
-                                          arguments: ["--delay-ms", "50", "--credit", "4"])
+        let c = try await cluster("drain", workers: 1, brokerArguments: ["--drain-timeout", "5"],
+                                  workerArguments: ["--delay-ms", "50", "--credit", "4"])
+        defer { c.harness.tearDown() }
+        let broker = c.broker
         let payload = randomBytes(200 * 1024)
-        let (submit, output) = try startSubmit(harness, certs, broker, client, payload: payload, name: "job")
+        let (submit, output) = try startSubmit(c.harness, c.certs, broker, c.client, payload: payload, name: "job")
         try await waitUntil("20 results") { fileSize(output) >= 20 * 1024 }
         let signalled = ContinuousClock.now
         broker.child.terminate()
