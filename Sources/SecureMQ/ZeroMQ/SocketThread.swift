@@ -15,29 +15,21 @@ import Dispatch
 final class SocketThread: @unchecked Sendable {
     typealias Work = @Sendable () -> Void
 
-    struct RegistrationID: Hashable { let raw: Int }
     struct TimerID: Hashable { let raw: Int }
 
-    /// A socket (or plain file descriptor) and what to do when it is ready.
+    /// A socket and what to do when a message waits on it. Sends never wait: they are
+    /// non-blocking, and a full queue is the caller's answer (resend later, or an error).
     final class Registration {
-        let id: RegistrationID
-        let socket: ZMQSocket?
-        let fd: Int32
+        let socket: ZMQSocket
+        /// Polled only while true (a receiver that reads on demand turns it off).
         var wantsRead: Bool
-        var wantsWrite: Bool
-        var onReadable: () -> Void
-        var onWritable: () -> Void
+        let onReadable: () -> Void
         var removed = false
 
-        init(id: RegistrationID, socket: ZMQSocket?, fd: Int32, wantsRead: Bool, wantsWrite: Bool,
-             onReadable: @escaping () -> Void, onWritable: @escaping () -> Void) {
-            self.id = id
+        init(socket: ZMQSocket, wantsRead: Bool, onReadable: @escaping () -> Void) {
             self.socket = socket
-            self.fd = fd
             self.wantsRead = wantsRead
-            self.wantsWrite = wantsWrite
             self.onReadable = onReadable
-            self.onWritable = onWritable
         }
     }
 
@@ -159,12 +151,9 @@ final class SocketThread: @unchecked Sendable {
 
     // MARK: owner-thread API
 
-    func register(_ socket: ZMQSocket, read: Bool = true, write: Bool = false,
-                  onReadable: @escaping () -> Void, onWritable: @escaping () -> Void = {}) -> Registration {
+    func register(_ socket: ZMQSocket, read: Bool = true, onReadable: @escaping () -> Void) -> Registration {
         precondition(isCurrent, "register on the owner thread")
-        let registration = Registration(id: RegistrationID(raw: nextID), socket: socket, fd: -1,
-                                        wantsRead: read, wantsWrite: write, onReadable: onReadable, onWritable: onWritable)
-        nextID += 1
+        let registration = Registration(socket: socket, wantsRead: read, onReadable: onReadable)
         registrations.append(registration)
         return registration
     }
@@ -274,10 +263,8 @@ final class SocketThread: @unchecked Sendable {
         pollItems.removeAll(keepingCapacity: true)
         pollItems.append(zmq_pollitem_t(socket: nil, fd: eventFD, events: Int16(ZMQ_POLLIN), revents: 0))
         for registration in registrations {
-            var events: Int16 = 0
-            if registration.wantsRead { events |= Int16(ZMQ_POLLIN) }
-            if registration.wantsWrite { events |= Int16(ZMQ_POLLOUT) }
-            pollItems.append(zmq_pollitem_t(socket: registration.socket?.handle, fd: registration.fd, events: events, revents: 0))
+            let events: Int16 = registration.wantsRead ? Int16(ZMQ_POLLIN) : 0
+            pollItems.append(zmq_pollitem_t(socket: registration.socket.handle, fd: -1, events: events, revents: 0))
         }
         var timeout: Int = -1
         if let next = timers.min(by: { $0.deadline < $1.deadline })?.deadline {
@@ -311,7 +298,6 @@ final class SocketThread: @unchecked Sendable {
             for (index, registration) in polled.enumerated() where !registration.removed {
                 let revents = pollItems[index + 1].revents
                 if revents & Int16(ZMQ_POLLIN) != 0 { registration.onReadable() }
-                if !registration.removed && revents & Int16(ZMQ_POLLOUT) != 0 { registration.onWritable() }
             }
         }
         fireTimers()

@@ -24,7 +24,6 @@ final class Waiters<Value: Sendable> {
     }
 
     var isEmpty: Bool { head == queue.count }
-    var count: Int { queue.count - head }
 
     func add(id: Int, _ continuation: Continuation, timeout: Duration?, timeoutError: @escaping () -> SecureMQError) {
         if cancelledEarly.remove(id) != nil {

@@ -10,13 +10,6 @@ final class ZMQMessage {
         zmq_msg_init(pointer)
     }
 
-    /// A message holding a copy of `bytes`.
-    init(copying bytes: UnsafeRawBufferPointer) {
-        pointer = .allocate(capacity: 1)
-        zmq_msg_init_size(pointer, bytes.count)
-        if bytes.count > 0 { zmq_msg_data(pointer).copyMemory(from: bytes.baseAddress!, byteCount: bytes.count) }
-    }
-
     /// A message of `size` bytes for the caller to fill (`withUnsafeMutableBytes`).
     init(size: Int) {
         pointer = .allocate(capacity: 1)
@@ -26,18 +19,6 @@ final class ZMQMessage {
     deinit {
         zmq_msg_close(pointer)
         pointer.deallocate()
-    }
-
-    /// Empties the message so it can receive again (a reused receive buffer).
-    func reset() {
-        zmq_msg_close(pointer)
-        zmq_msg_init(pointer)
-    }
-
-    /// Reinitialises to `size` bytes (contents undefined).
-    func reset(size: Int) {
-        zmq_msg_close(pointer)
-        zmq_msg_init_size(pointer, size)
     }
 
     var count: Int { zmq_msg_size(pointer) }

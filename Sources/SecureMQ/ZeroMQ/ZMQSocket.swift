@@ -101,11 +101,6 @@ final class ZMQSocket {
         }
     }
 
-    func disconnect(_ endpoint: String) {
-        guard let handle else { return }
-        _ = zmq_disconnect(handle, endpoint)
-    }
-
     /// The endpoint actually bound (with the port chosen for `tcp://…:*`).
     var lastEndpoint: String { (try? getString(ZMQ_LAST_ENDPOINT)) ?? "" }
 
@@ -116,16 +111,6 @@ final class ZMQSocket {
         let socket = try live()
         let flags = ZMQ_DONTWAIT | (more ? ZMQ_SNDMORE : 0)
         switch try zmqCall("zmq_msg_send", { zmq_msg_send(message.pointer, socket, flags) }) {
-        case .done: return true
-        case .wouldBlock: return false
-        }
-    }
-
-    /// Sends bytes (copied into a new message) without blocking.
-    func send(bytes: UnsafeRawBufferPointer, more: Bool = false) throws(SecureMQError) -> Bool {
-        let socket = try live()
-        let flags = ZMQ_DONTWAIT | (more ? ZMQ_SNDMORE : 0)
-        switch try zmqCall("zmq_send", { zmq_send(socket, bytes.baseAddress, bytes.count, flags) }) {
         case .done: return true
         case .wouldBlock: return false
         }
@@ -166,9 +151,6 @@ final class ZMQSocket {
         }
         return (parts, truncated)
     }
-
-    /// True when a message can be read now (`ZMQ_EVENTS` has `ZMQ_POLLIN`).
-    var isReadable: Bool { ((try? getInt32(ZMQ_EVENTS)) ?? 0) & Int32(ZMQ_POLLIN) != 0 }
 
     /// Closes the socket with a bounded linger, so `zmq_ctx_term` never waits forever.
     func close(linger: Duration) {
