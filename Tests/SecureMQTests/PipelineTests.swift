@@ -221,6 +221,27 @@ struct PipelineTests {
         await fixture.stop()
     }
 
+    @Test func aFullSendQueueDelaysRequestsButLosesNone() async throws {
+        let fixture = try await PipelineFixture(peers: [("client-1", "client", 1), ("worker-1", "worker", 1)]) {
+            $0.maxJobsPerClient = 1000
+        }
+        try await fixture.startWorker("worker-1", credit: 64)
+        // A high-water mark of 1: a burst of requests finds libzmq's send queue full.
+        let client = try await fixture.client("client-1") { $0.connection.highWaterMark = 1 }
+        try await fixture.waitForWorkers(1, using: client)
+        let replies = try await withThrowingTaskGroup(of: Bool.self) { group in
+            for index in 0..<500 {
+                group.addTask { try await client.request(Array("r\(index)".utf8), service: "echo") == Array("r\(index)".utf8) }
+            }
+            var correct = 0
+            for try await ok in group where ok { correct += 1 }
+            return correct
+        }
+        #expect(replies == 500)
+        await client.close()
+        await fixture.stop()
+    }
+
     @Test func inlineHandlerServesAndRejects() async throws {
         let fixture = try await PipelineFixture(peers: [("client-1", "client", 1), ("worker-1", "worker", 1)])
         let worker = try await Worker.connect(to: fixture.endpoint, brokerKey: fixture.brokerKeys.publicKey,

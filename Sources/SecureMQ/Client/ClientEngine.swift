@@ -185,7 +185,7 @@ final class ClientEngine: ConnectingEngine {
 
     func cancelRequest(waiter: Int) {
         guard let jobID = requestsByWaiter[waiter], let pending = requests[jobID] else { return }
-        _ = try? client.socket.send(ControlMessage.cancel(jobID: jobID).encoded())
+        client.send(ControlMessage.cancel(jobID: jobID).encoded())
         finish(pending, .failure(SecureMQError(.cancelled, "the request was cancelled")))
     }
 
@@ -229,12 +229,15 @@ final class ClientEngine: ConnectingEngine {
 
     /// Sends a kept message; zmq_msg_copy shares the buffer, so nothing is copied.
     private func send(copyOf message: ZMQMessage) {
-        // One reused message: zmq_msg_copy releases what it held, a successful send empties it.
+        // One reused message: zmq_msg_copy releases what it held, a successful send empties it;
+        // if the send queue is full, the copy waits in a message of its own.
         let outgoing = sendScratch
         outgoing.copy(from: message)
-        // A full send queue (HWM) keeps the fragment outstanding; the broker never saw it, and
-        // a resend on reconnect or BUSY covers it.
-        _ = try? client.socket.send(outgoing)
+        if (try? client.socket.send(outgoing)) == false {
+            let waiting = ZMQMessage()
+            waiting.copy(from: message)
+            client.send(waiting)
+        }
     }
 
     func next(_ job: ClientJob, id: Int, _ continuation: Waiters<JobResult?>.Continuation) {
@@ -274,7 +277,7 @@ final class ClientEngine: ConnectingEngine {
 
     func cancel(_ job: ClientJob) {
         guard job.failure == nil, !job.isFinished else { return }
-        _ = try? client.socket.send(ControlMessage.cancel(jobID: job.jobID).encoded())
+        client.send(ControlMessage.cancel(jobID: job.jobID).encoded())
         fail(job, SecureMQError(.jobFailed, "the job was cancelled", status: FailureCode.cancelled.rawValue))
     }
 
@@ -408,7 +411,7 @@ final class ClientEngine: ConnectingEngine {
         do throws(PipelineError) {
             outcome = try job.gatherer.accept(header: fragment.header, body: fragment.body)
         } catch {
-            _ = try? client.socket.send(ControlMessage.cancel(jobID: job.jobID).encoded())
+            client.send(ControlMessage.cancel(jobID: job.jobID).encoded())
             fail(job, SecureMQError(.integrity, "job \(job.jobID): \(error)", fragmentIndex: error.index))
             return
         }

@@ -32,6 +32,10 @@ final class CurveClientSocket {
     private var readable: (() -> Void)?
     /// Whether the server answered anything but DISCONNECT on this connection (PROTOCOL.md C31).
     private var served = false
+    /// Messages libzmq refused because the send queue was full (its high-water mark): kept in
+    /// order and retried, never dropped. Empty in normal operation.
+    private var unsent: [ZMQMessage] = []
+    private var retryScheduled = false
     private var registration: SocketThread.Registration?
 
     init(context: SecureContext, thread: SocketThread, endpoint: String, serverKey: PublicKey, keyPair: KeyPair,
@@ -102,6 +106,9 @@ final class CurveClientSocket {
         monitor?.stop()
         monitor = nil
         socket.close(linger: .zero)
+        // What waited belongs to the old connection; the engines resend what matters
+        // (a client its unanswered SUBMITs, a worker its READY).
+        unsent.removeAll()
         do {
             socket = try Self.makeSocket(context: context, serverKey: serverKey, keyPair: keyPair, options: options)
             try startMonitorAndConnect()
@@ -121,6 +128,44 @@ final class CurveClientSocket {
         readable = onReadable
         registration = thread.register(socket, onReadable: onReadable)
         self.onStateChange = onStateChange
+    }
+
+    /// Sends a message that must arrive (SUBMIT, DONE, REJECT, READY, CANCEL). A message sent
+    /// successfully is emptied (libzmq took it); one that would block waits in order for room.
+    func send(_ message: ZMQMessage) {
+        guard unsent.isEmpty else {
+            unsent.append(message)
+            return
+        }
+        switch (try? socket.send(message)) {
+        case true?: return
+        case false?: unsent.append(message); scheduleRetry()
+        case nil: return  // the socket is closed or failed: the state change reports it
+        }
+    }
+
+    /// The same for bytes; they are copied into a message only if they must wait.
+    func send(_ bytes: [UInt8]) {
+        if unsent.isEmpty, (try? socket.send(bytes)) != false { return }
+        let message = ZMQMessage(size: bytes.count)
+        bytes.withUnsafeBytes { if let base = $0.baseAddress { message.mutableBytes.baseAddress!.copyMemory(from: base, byteCount: $0.count) } }
+        send(message)
+    }
+
+    private func scheduleRetry() {
+        guard !retryScheduled else { return }
+        retryScheduled = true
+        thread.schedule(after: .milliseconds(1)) { [weak self] in
+            guard let self else { return }
+            self.retryScheduled = false
+            while let first = self.unsent.first {
+                switch (try? self.socket.send(first)) {
+                case true?: self.unsent.removeFirst()
+                case false?: self.scheduleRetry(); return
+                case nil: self.unsent.removeAll(); return
+                }
+            }
+        }
     }
 
     /// Notes that the server served this connection (a message other than DISCONNECT came).

@@ -109,7 +109,7 @@ final class WorkerEngine: ConnectingEngine {
     private func sendReady() {
         let ready = ControlMessage.ready(credit: UInt32(options.credit), heartbeatMilliseconds: UInt32(options.heartbeatInterval.milliseconds),
                                          service: service)
-        _ = try? client.socket.send(ready.encoded())
+        client.send(ready.encoded())
         logger.info("ready", metadata: ["service": "\(service)", "credit": "\(options.credit)"])
     }
 
@@ -207,7 +207,7 @@ final class WorkerEngine: ConnectingEngine {
             let buffer = message.mutableBytes
             let bodyOffset = Fragment.write(into: buffer, command: .done, tag: delivery, service: service, header: header)
             body.withUnsafeBytes { buffer.baseAddress!.advanced(by: bodyOffset).copyMemory(from: $0.baseAddress ?? UnsafeRawPointer(buffer.baseAddress!), byteCount: $0.count) }
-            _ = try? client.socket.send(message)
+            client.send(message)
         case .failure(let rejection):
             reject(delivery, code: FailureCode(rawValue: rejection.code), retryable: rejection.retryable, reason: rejection.reason)
         }
@@ -215,7 +215,7 @@ final class WorkerEngine: ConnectingEngine {
 
     private func reject(_ delivery: UInt64, code: FailureCode, retryable: Bool, reason: String) {
         let message = ControlMessage.reject(deliveryID: delivery, code: code, retryable: retryable, reason: Reason.truncated(reason))
-        _ = try? client.socket.send(message.encoded())
+        client.send(message.encoded())
     }
 
     /// Tells the broker we leave, so it requeues what we hold at once.
