@@ -28,6 +28,16 @@ enum BenchClientMode: String, ExpressibleByArgument, CaseIterable {
     case job
 }
 
+/// Where a bench client's request tasks run.
+enum BenchClientExecutor: String, ExpressibleByArgument, CaseIterable {
+    /// On the client's socket thread (`withTaskExecutorPreference(client.executor)`): no thread
+    /// hand-off per request, as a single-threaded C client.
+    case socket
+    /// On Swift's global concurrent executor: each request hands its message to the socket
+    /// thread and is resumed from it.
+    case global
+}
+
 /// What every role of one run agrees on.
 struct BenchShape: ParsableArguments {
     @Option(name: [.customShort("b"), .long], help: "Request bytes (≥ 16).")
@@ -50,6 +60,9 @@ struct BenchShape: ParsableArguments {
 
     @Option(help: "request: concurrent Client.request calls; job: one streaming job per client (fragment = request).")
     var clientMode: BenchClientMode = .request
+
+    @Option(help: "socket: the client's tasks run on its socket thread (Client.executor); global: on Swift's default executor.")
+    var clientExecutor: BenchClientExecutor = .socket
 
     @Option(help: "The service the bench workers serve.")
     var service: String = "bench"
@@ -170,7 +183,8 @@ struct BenchRun: AsyncParsableCommand {
         let shapeArguments = [
             "--size", "\(shape.size)", "--reply-size", "\(shape.replySize)", "--inflight", "\(shape.inflight)",
             "--seconds", "\(shape.seconds)", "--warmup", "\(shape.warmup)", "--count", "\(shape.count)",
-            "--client-mode", shape.clientMode.rawValue, "--service", shape.service,
+            "--client-mode", shape.clientMode.rawValue, "--client-executor", shape.clientExecutor.rawValue,
+            "--service", shape.service,
         ]
         for index in 0..<workers {
             _ = try children.spawn(wrapper(.worker, index), smq, ["bench", "worker"] + common + shapeArguments + [
@@ -237,7 +251,7 @@ struct BenchRun: AsyncParsableCommand {
         let maxP99 = reports.map(\.p99).max() ?? 0
         let per = total > 0 ? 1e6 / Double(total) : 0
         let fields: [(String, String)] = [
-            ("mode", shape.clientMode.rawValue), ("sec", "curve"), ("size", "\(shape.size)"), ("reply", "\(shape.replySize)"),
+            ("mode", shape.clientMode.rawValue), ("executor", shape.clientExecutor.rawValue), ("sec", "curve"), ("size", "\(shape.size)"), ("reply", "\(shape.replySize)"),
             ("workers", "\(workers)"), ("clients", "\(clients)"), ("inflight", "\(shape.inflight)"), ("credit", "\(credit)"),
             ("req_per_s", f(rate, 0)), ("MB_per_s_each_way", f(rate * Double(shape.size) / 1e6, 1)),
             ("c0_window_s", f(first.windowSeconds, 2)), ("c0_p50_us", f(first.p50, 1)), ("c0_p99_us", f(first.p99, 1)),
@@ -566,10 +580,12 @@ struct BenchClient: AsyncParsableCommand {
         }
         let before = CPUStat.read()
         let start = SocketClock.now()
-        let lanes: [BenchLane]
-        switch shape.clientMode {
-        case .request: lanes = await runRequests(client, start: start)
-        case .job: lanes = [await runJob(client, start: start)]
+        let executor: (any TaskExecutor)? = shape.clientExecutor == .socket ? client.executor : nil
+        let lanes: [BenchLane] = await withTaskExecutorPreference(executor) {
+            switch shape.clientMode {
+            case .request: return await runRequests(client, start: start)
+            case .job: return [await runJob(client, start: start)]
+            }
         }
         let after = CPUStat.read()
         await client.close()

@@ -242,6 +242,62 @@ struct PipelineTests {
         await fixture.stop()
     }
 
+    @Test func tasksOnTheClientsExecutorRunOnOneThreadAndOutliveClose() async throws {
+        let fixture = try await PipelineFixture(peers: [("client-1", "client", 1), ("worker-1", "worker", 1)]) {
+            $0.maxJobsPerClient = 1000
+            $0.serviceTimeout = .seconds(60)
+        }
+        try await fixture.startWorker("worker-1", credit: 64)
+        let client = try await fixture.client("client-1") { $0.fragmentSize = 1000 }
+        try await fixture.waitForWorkers(1, using: client)
+        let payload = patternBytes(50_000)
+        let (correct, threads, gathered) = try await withTaskExecutorPreference(client.executor) {
+            try await withThrowingTaskGroup(of: (Bool, UInt).self) { group in
+                for index in 0..<300 {
+                    group.addTask {
+                        let reply = try await client.request(Array("r\(index)".utf8), service: "echo")
+                        return (reply == Array("r\(index)".utf8), pthread_self())
+                    }
+                }
+                var correct = 0
+                var threads: Set<UInt> = []
+                for try await (ok, thread) in group {
+                    if ok { correct += 1 }
+                    threads.insert(thread)
+                }
+                // A job iterated from the same thread: results in order, byte-exact.
+                let gathered = try await client.submit(.bytes(payload), to: "echo").collect()
+                threads.insert(pthread_self())
+                return (correct, threads, gathered)
+            }
+        }
+        #expect(correct == 300)
+        #expect(gathered == payload)
+        // Every continuation resumed on the client's socket thread, none on the global pool.
+        #expect(threads.count == 1)
+        #expect(!threads.contains(pthread_self()))
+
+        // A task on the executor that waits when the client closes gets `.closed`, and goes on
+        // running (on the global executor once the thread has gone).
+        let submittedBefore = await fixture.broker.statistics().submitted
+        let waiting = Task {
+            await withTaskExecutorPreference(client.executor) { () async -> SecureMQError? in
+                do throws(SecureMQError) {
+                    _ = try await client.request([1], service: "nobody")
+                    return nil
+                } catch {
+                    await Task.yield()
+                    return error
+                }
+            }
+        }
+        try await waitFor("the request at the broker") { await fixture.broker.statistics().submitted > submittedBefore }
+        await client.close()
+        let failure = await waiting.value
+        #expect(failure?.code == .closed)
+        await fixture.stop()
+    }
+
     @Test func inlineHandlerServesAndRejects() async throws {
         let fixture = try await PipelineFixture(peers: [("client-1", "client", 1), ("worker-1", "worker", 1)])
         let worker = try await Worker.connect(to: fixture.endpoint, brokerKey: fixture.brokerKeys.publicKey,

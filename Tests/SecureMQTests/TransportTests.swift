@@ -37,6 +37,38 @@ struct TransportTests {
         await fixture.server.close()
     }
 
+    @Test func connectionWorksFromTasksOnItsOwnExecutor() async throws {
+        let clientKeys = KeyPair.generate()
+        let fixture = try await ServerFixture.make(allowing: [clientKeys.publicKey])
+        let connection = try await fixture.connect(clientKeys)
+        // The server echoes whatever arrives, from its own task.
+        let echo = Task {
+            for _ in 0..<300 {
+                let message = try await fixture.server.receive(timeout: .seconds(10))
+                try await fixture.server.send(message.body, to: message.peer)
+            }
+        }
+        let outcome = try await withTaskExecutorPreference(connection.executor) { () async throws -> ([UInt8], SecureMQError.Code?, SecureMQError.Code?) in
+            for index in 0..<300 { try await connection.send([UInt8(index & 0xFF), UInt8(index >> 8)]) }
+            var low: [UInt8] = []
+            for _ in 0..<300 { low.append(try await connection.receive(timeout: .seconds(10))[0]) }
+            // A deadline and a cancellation reach a receive that waits on the socket thread.
+            var timedOut: SecureMQError.Code?
+            do { _ = try await connection.receive(timeout: .milliseconds(30)) } catch let error as SecureMQError { timedOut = error.code }
+            let waiting = Task { try await connection.receive() }
+            waiting.cancel()
+            var cancelled: SecureMQError.Code?
+            do { _ = try await waiting.value } catch let error as SecureMQError { cancelled = error.code }
+            return (low, timedOut, cancelled)
+        }
+        #expect(outcome.0 == (0..<300).map { UInt8($0 & 0xFF) })
+        #expect(outcome.1 == .timedOut)
+        #expect(outcome.2 == .cancelled)
+        try await echo.value
+        await connection.close()
+        await fixture.server.close()
+    }
+
     @Test func unknownKeyIsRejectedWithTypedErrorAndLogged() async throws {
         let fixture = try await ServerFixture.make(allowing: [KeyPair.generate().publicKey])
         let stranger = KeyPair.generate()

@@ -42,6 +42,25 @@ public final class Client: Sendable {
         thread.requestStop()
     }
 
+    /// The thread that owns this client's socket, as a task executor.
+    ///
+    /// Code that makes many calls can run on it, so that each call reaches the socket with no
+    /// thread hand-off and each reply resumes the caller on the same thread, between polls:
+    ///
+    /// ```swift
+    /// await withTaskExecutorPreference(client.executor) {
+    ///     await withTaskGroup(of: Void.self) { group in
+    ///         for request in requests { group.addTask { _ = try? await client.request(request, service: "echo") } }
+    ///     }
+    /// }
+    /// ```
+    ///
+    /// Child tasks inherit the preference; unstructured `Task {}` does not. Keep such code short
+    /// and never block in it: while it runs, the socket waits (replies, heartbeats). CPU-heavy
+    /// work belongs on the default executor. After ``close()`` the tasks move to the global
+    /// executor, so nothing waits on a stopped thread.
+    public var executor: any TaskExecutor { thread }
+
     /// Connects to a broker and waits for the CURVE handshake.
     /// - Parameters:
     ///   - endpoint: the broker, e.g. `tcp://127.0.0.1:5555`.

@@ -53,6 +53,10 @@ public final class SecureConnection: Sendable {
         return SecureConnection(endpoint: endpoint, thread: thread, core: core)
     }
 
+    /// The thread that owns this connection's socket, as a task executor: see
+    /// ``Client/executor`` (sends and receives from tasks on it make no thread hand-off).
+    public var executor: any TaskExecutor { thread }
+
     /// Sends one message (one frame).
     /// - Throws: ``SecureMQError``: `.messageTooLarge`, `.closed`, or the connection's failure.
     public func send(_ bytes: [UInt8]) async throws(SecureMQError) {

@@ -10,9 +10,14 @@ import Dispatch
 /// never touch a socket: they put closures into a locked inbox with ``execute(_:)`` and write the
 /// eventfd to wake the poll. Results go back through continuations resumed from the thread.
 ///
+/// It is also a `TaskExecutor`: a task that prefers it (`withTaskExecutorPreference`) runs its
+/// nonisolated code on this thread, between polls. Such a task reaches its sockets directly (no
+/// inbox, no eventfd) and is resumed here when its answer arrives, so a request costs no thread
+/// hand-off at all, as in a C program that calls `zmq_send` and `zmq_recv` on its own thread.
+///
 /// `@unchecked Sendable`: the inbox and lifecycle flags are behind a `Mutex`; everything else is
 /// confined to the owner thread (read and written only from closures that run on it).
-final class SocketThread: @unchecked Sendable {
+final class SocketThread: TaskExecutor, @unchecked Sendable {
     typealias Work = @Sendable () -> Void
 
     struct TimerID: Hashable { let raw: Int }
@@ -42,10 +47,11 @@ final class SocketThread: @unchecked Sendable {
 
     private struct Shared {
         var inbox: [Work] = []
+        /// Task jobs enqueued from other threads.
+        var jobs: [UnownedJob] = []
         var stopRequested = false
         var exited = false
         var exitWaiters: [CheckedContinuation<Void, Never>] = []
-        var owner: pthread_t?
         /// The owner thread is in (or about to enter) zmq_poll with an empty inbox: work
         /// must wake it. A busy thread finds new work at the top of its loop, so a caller
         /// writes the eventfd only when it sleeps, and only once per sleep.
@@ -56,6 +62,8 @@ final class SocketThread: @unchecked Sendable {
     let name: String
     private let eventFD: Int32
     private let shared = Mutex(Shared())
+    /// The owner thread's pthread_t, 0 until it runs: read without the lock on every call.
+    private let owner = Atomic<UInt>(0)
 
     // Owner-thread state.
     private var registrations: [Registration] = []
@@ -64,6 +72,10 @@ final class SocketThread: @unchecked Sendable {
     private var pollItems: [zmq_pollitem_t] = []
     private var stopHooks: [() -> Void] = []
     private var drained: [Work] = []
+    private var drainedJobs: [UnownedJob] = []
+    /// Task jobs enqueued on the owner thread itself (a task resumed by a message): no lock.
+    private var localJobs: [UnownedJob] = []
+    private var runningJobs: [UnownedJob] = []
     private var firing = false
     private var cancelledWhileFiring: Set<TimerID> = []
     private let exitSemaphore = DispatchSemaphore(value: 0)
@@ -95,8 +107,40 @@ final class SocketThread: @unchecked Sendable {
 
     /// True when called on this thread.
     var isCurrent: Bool {
-        guard let owner = shared.withLock({ $0.owner }) else { return false }
-        return pthread_equal(pthread_self(), owner) != 0
+        pthread_self() == owner.load(ordering: .acquiring)
+    }
+
+    /// Runs a task's job on this thread. Jobs that arrive after the thread has exited go to the
+    /// global executor, so a task that prefers a stopped thread still finishes.
+    func enqueue(_ job: consuming ExecutorJob) {
+        let job = UnownedJob(job)
+        if isCurrent {
+            localJobs.append(job)
+            return
+        }
+        let (accepted, needsWake) = shared.withLock { state -> (Bool, Bool) in
+            guard !state.exited else { return (false, false) }
+            state.jobs.append(job)
+            let needsWake = state.sleeping && !state.woken
+            if needsWake { state.woken = true }
+            return (true, needsWake)
+        }
+        if needsWake { wake() }
+        if !accepted { globalConcurrentExecutor.enqueue(ExecutorJob(job)) }
+    }
+
+    /// Runs the jobs queued on the owner thread so far (jobs they enqueue wait for the next pass,
+    /// after a poll). Returns false when there were none.
+    @discardableResult
+    private func runQueuedJobs() -> Bool {
+        swap(&localJobs, &runningJobs)
+        let any = !runningJobs.isEmpty || !drainedJobs.isEmpty
+        let me = asUnownedTaskExecutor()
+        for job in drainedJobs { job.runSynchronously(on: me) }
+        drainedJobs.removeAll(keepingCapacity: true)
+        for job in runningJobs { job.runSynchronously(on: me) }
+        runningJobs.removeAll(keepingCapacity: true)
+        return any
     }
 
     /// Runs `work` on the owner thread. Returns false if the thread has stopped (work not run).
@@ -115,6 +159,8 @@ final class SocketThread: @unchecked Sendable {
 
     /// Runs `body` on the owner thread and returns its result to the async caller.
     func run<T: Sendable>(_ body: @escaping @Sendable () throws(SecureMQError) -> T) async throws(SecureMQError) -> T {
+        // A task running on this executor is already on the owner thread.
+        if isCurrent { return try body() }
         let result: Result<T, SecureMQError> = await withCheckedContinuation { continuation in
             let accepted = execute {
                 do throws(SecureMQError) { continuation.resume(returning: .success(try body())) } catch {
@@ -221,24 +267,23 @@ final class SocketThread: @unchecked Sendable {
     // MARK: the loop
 
     private func run() {
-        shared.withLock { $0.owner = pthread_self() }
-        var stopping = false
+        owner.store(pthread_self(), ordering: .releasing)
         while true {
-            // Swap the inbox with the drained array: both keep their capacity, so a busy loop
+            // Swap the inbox with the drained arrays: they keep their capacity, so a busy loop
             // allocates nothing here.
             let stop = shared.withLock { state -> Bool in
                 swap(&state.inbox, &drained)
+                swap(&state.jobs, &drainedJobs)
                 return state.stopRequested
             }
             for item in drained { item() }
             drained.removeAll(keepingCapacity: true)
-            if stop && !stopping {
-                stopping = true
-                break
-            }
+            runQueuedJobs()
+            if stop { break }
             pollOnce()
         }
-        // Late work that raced with the stop request still runs (it may resume continuations).
+        // Late work that raced with the stop request still runs (it may resume continuations),
+        // then the stop hooks; tasks resumed by them run here until none is left.
         let late = shared.withLock { state -> [Work] in
             let work = state.inbox
             state.inbox.removeAll()
@@ -249,11 +294,24 @@ final class SocketThread: @unchecked Sendable {
         stopHooks.removeAll()
         registrations.removeAll()
         timers.removeAll()
-        let waiters = shared.withLock { state -> [CheckedContinuation<Void, Never>] in
-            state.exited = true
-            defer { state.exitWaiters.removeAll() }
-            return state.exitWaiters
+        var waiters: [CheckedContinuation<Void, Never>] = []
+        while true {
+            let done = shared.withLock { state -> Bool in
+                swap(&state.inbox, &drained)
+                swap(&state.jobs, &drainedJobs)
+                guard drained.isEmpty, drainedJobs.isEmpty, localJobs.isEmpty else { return false }
+                state.exited = true
+                waiters = state.exitWaiters
+                state.exitWaiters.removeAll()
+                return true
+            }
+            if done { break }
+            for item in drained { item() }
+            drained.removeAll()
+            runQueuedJobs()
         }
+        // From here on this is no longer the owner: a task resumed below is enqueued globally.
+        owner.store(0, ordering: .releasing)
         exitSemaphore.signal()
         for waiter in waiters { waiter.resume() }
     }
@@ -272,8 +330,9 @@ final class SocketThread: @unchecked Sendable {
             timeout = next <= now ? 0 : Int((next - now + 999_999) / 1_000_000)
         }
         // Sleep only with an empty inbox; from here on, new work writes the eventfd.
-        let mayBlock = shared.withLock { state -> Bool in
-            guard state.inbox.isEmpty, !state.stopRequested else { return false }
+        let idle = localJobs.isEmpty
+        let mayBlock = idle && shared.withLock { state -> Bool in
+            guard state.inbox.isEmpty, state.jobs.isEmpty, !state.stopRequested else { return false }
             state.sleeping = true
             return true
         }

@@ -102,6 +102,8 @@ extension SocketThread {
                     continuation.resume(returning: .failure(SecureMQError(.cancelled, "the operation was cancelled")))
                     return
                 }
+                // A task on this executor registers directly; others go through the inbox.
+                if isCurrent { return register(id, continuation) }
                 let accepted = execute { register(id, continuation) }
                 if !accepted { continuation.resume(returning: .failure(SecureMQError(.closed, "the connection is closed"))) }
             }
