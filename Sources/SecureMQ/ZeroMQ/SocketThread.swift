@@ -27,14 +27,22 @@ final class SocketThread: TaskExecutor, @unchecked Sendable {
     final class Registration {
         let socket: ZMQSocket
         /// Polled only while true (a receiver that reads on demand turns it off).
-        var wantsRead: Bool
+        var wantsRead: Bool {
+            didSet { if wantsRead { mayBeReadable = true } }
+        }
         let onReadable: () -> Void
         var removed = false
+        /// libzmq's descriptor for the socket (`ZMQ_FD`).
+        let descriptor: Int32
+        /// Ask `ZMQ_EVENTS` on the next pass: the descriptor fired, or the last answer was yes.
+        var mayBeReadable = true
+        var ready = false
 
         init(socket: ZMQSocket, wantsRead: Bool, onReadable: @escaping () -> Void) {
             self.socket = socket
             self.wantsRead = wantsRead
             self.onReadable = onReadable
+            descriptor = socket.descriptor
         }
     }
 
@@ -69,7 +77,9 @@ final class SocketThread: TaskExecutor, @unchecked Sendable {
     private var registrations: [Registration] = []
     private var timers: [Timer] = []
     private var nextID = 1
-    private var pollItems: [zmq_pollitem_t] = []
+    private var pollFDs: [pollfd] = []
+    /// The registrations behind `pollFDs[1...]`.
+    private var polled: [Registration] = []
     private var stopHooks: [() -> Void] = []
     private var drained: [Work] = []
     private var drainedJobs: [UnownedJob] = []
@@ -161,7 +171,8 @@ final class SocketThread: TaskExecutor, @unchecked Sendable {
     func run<T: Sendable>(_ body: @escaping @Sendable () throws(SecureMQError) -> T) async throws(SecureMQError) -> T {
         // A task running on this executor is already on the owner thread.
         if isCurrent { return try body() }
-        let result: Result<T, SecureMQError> = await withCheckedContinuation { continuation in
+        // Resumed exactly once: by the work, or here when the thread has stopped.
+        let result: Result<T, SecureMQError> = await withUnsafeContinuation { continuation in
             let accepted = execute {
                 do throws(SecureMQError) { continuation.resume(returning: .success(try body())) } catch {
                     continuation.resume(returning: .failure(error))
@@ -316,30 +327,62 @@ final class SocketThread: TaskExecutor, @unchecked Sendable {
         for waiter in waiters { waiter.resume() }
     }
 
+    /// One pass: handle the sockets that have a message, or else sleep in `poll(2)` on the
+    /// eventfd and the sockets' descriptors until one fires, work arrives or a timer is due.
+    ///
+    /// Not `zmq_poll`: it makes a zero-timeout `poll` before every blocking one and asks
+    /// `ZMQ_EVENTS` (a system call each) of every socket on every pass, about ten system calls
+    /// per message on a worker. Here `ZMQ_EVENTS` is asked only of sockets that were used or
+    /// whose descriptor fired, which is what libzmq's edge-triggered `ZMQ_FD` requires.
     private func pollOnce() {
         if registrations.contains(where: { $0.removed }) { registrations.removeAll { $0.removed } }
-        pollItems.removeAll(keepingCapacity: true)
-        pollItems.append(zmq_pollitem_t(socket: nil, fd: eventFD, events: Int16(ZMQ_POLLIN), revents: 0))
-        for registration in registrations {
-            let events: Int16 = registration.wantsRead ? Int16(ZMQ_POLLIN) : 0
-            pollItems.append(zmq_pollitem_t(socket: registration.socket.handle, fd: -1, events: events, revents: 0))
+        var anyReady = false
+        for registration in registrations where registration.wantsRead {
+            guard registration.mayBeReadable || registration.socket.touched else { continue }
+            registration.mayBeReadable = false
+            if registration.socket.hasMessage {
+                registration.ready = true
+                anyReady = true
+            }
         }
-        var timeout: Int = -1
+        if anyReady {
+            // Handlers may register or unregister: walk a snapshot.
+            polled.removeAll(keepingCapacity: true)
+            polled.append(contentsOf: registrations)
+            for registration in polled where registration.ready {
+                registration.ready = false
+                guard !registration.removed, registration.wantsRead else { continue }
+                // Asked again next pass: the handler may have left messages waiting.
+                registration.mayBeReadable = true
+                registration.onReadable()
+            }
+            polled.removeAll(keepingCapacity: true)
+            fireTimers()
+            return
+        }
+
+        pollFDs.removeAll(keepingCapacity: true)
+        polled.removeAll(keepingCapacity: true)
+        pollFDs.append(pollfd(fd: eventFD, events: Int16(POLLIN), revents: 0))
+        for registration in registrations where registration.wantsRead && registration.descriptor >= 0 && registration.socket.isOpen {
+            pollFDs.append(pollfd(fd: registration.descriptor, events: Int16(POLLIN), revents: 0))
+            polled.append(registration)
+        }
+        var timeout: Int32 = -1
         if let next = timers.min(by: { $0.deadline < $1.deadline })?.deadline {
             let now = Self.now()
-            timeout = next <= now ? 0 : Int((next - now + 999_999) / 1_000_000)
+            timeout = next <= now ? 0 : Int32(clamping: (next - now + 999_999) / 1_000_000)
         }
-        // Sleep only with an empty inbox; from here on, new work writes the eventfd.
-        let idle = localJobs.isEmpty
-        let mayBlock = idle && shared.withLock { state -> Bool in
+        // Sleep only with nothing to run; from here on, new work writes the eventfd.
+        let mayBlock = localJobs.isEmpty && shared.withLock { state -> Bool in
             guard state.inbox.isEmpty, state.jobs.isEmpty, !state.stopRequested else { return false }
             state.sleeping = true
             return true
         }
         if !mayBlock { timeout = 0 }
-        let count = pollItems.count
-        let rc = pollItems.withUnsafeMutableBufferPointer { items in
-            zmq_poll(items.baseAddress, Int32(count), timeout)
+        let count = pollFDs.count
+        let rc = pollFDs.withUnsafeMutableBufferPointer { fds in
+            Glibc.poll(fds.baseAddress, nfds_t(count), timeout)
         }
         if mayBlock {
             shared.withLock { state in
@@ -348,17 +391,15 @@ final class SocketThread: TaskExecutor, @unchecked Sendable {
             }
         }
         if rc > 0 {
-            if pollItems[0].revents != 0 {
+            if pollFDs[0].revents != 0 {
                 var value: UInt64 = 0
                 _ = Glibc.read(eventFD, &value, 8)
             }
-            // Handlers may register or unregister: walk the snapshot that was polled.
-            let polled = registrations
-            for (index, registration) in polled.enumerated() where !registration.removed {
-                let revents = pollItems[index + 1].revents
-                if revents & Int16(ZMQ_POLLIN) != 0 { registration.onReadable() }
+            for (index, registration) in polled.enumerated() where pollFDs[index + 1].revents != 0 {
+                registration.mayBeReadable = true
             }
         }
+        polled.removeAll(keepingCapacity: true)
         fireTimers()
     }
 

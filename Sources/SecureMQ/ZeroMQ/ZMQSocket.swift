@@ -30,9 +30,35 @@ final class ZMQSocket {
 
     var isOpen: Bool { handle != nil }
 
+    /// Set by every operation on the socket. libzmq's descriptor (`ZMQ_FD`) is edge-triggered
+    /// and any call may consume its signal, so the owner thread asks `ZMQ_EVENTS` again before
+    /// sleeping only for sockets that were used (or whose descriptor fired) since it last asked.
+    var touched = true
+
     private func live() throws(SecureMQError) -> UnsafeMutableRawPointer {
         guard let handle else { throw SecureMQError(.closed, "the socket is closed") }
+        touched = true
         return handle
+    }
+
+    /// Whether a message waits (`ZMQ_EVENTS` has `ZMQ_POLLIN`); false for a closed socket.
+    /// Processes the socket's pending commands, as libzmq requires before polling `ZMQ_FD`.
+    var hasMessage: Bool {
+        guard let handle else { return false }
+        touched = false
+        var events: UInt32 = 0
+        var size = MemoryLayout<UInt32>.size
+        guard zmq_getsockopt(handle, ZMQ_EVENTS, &events, &size) == 0 else { return false }
+        return events & UInt32(ZMQ_POLLIN) != 0
+    }
+
+    /// The descriptor that becomes readable when the socket may have news (`ZMQ_FD`), or -1.
+    var descriptor: Int32 {
+        guard let handle else { return -1 }
+        var fd: Int32 = -1
+        var size = MemoryLayout<Int32>.size
+        guard zmq_getsockopt(handle, ZMQ_FD, &fd, &size) == 0 else { return -1 }
+        return fd
     }
 
     // MARK: options
