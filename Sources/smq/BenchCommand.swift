@@ -228,11 +228,11 @@ struct BenchRun: AsyncParsableCommand {
             if result.status != 0 { failed = true }
         }
         let vmHWM = readVmHWM(pid: broker.pid)
-        for child in children.all where child.role == .worker { kill(child.pid, SIGTERM) }
+        for child in children.all where child.role == .worker { child.signal(SIGTERM) }
         // A profiler wrapping a role needs time to write its data after the role exits.
         let grace: Duration = wraps.isEmpty ? .seconds(3) : .seconds(60)
         for child in children.all where child.role == .worker { usage.add(child.role, children.reap(child, grace: grace)) }
-        kill(broker.pid, SIGTERM)
+        broker.signal(SIGTERM)
         usage.add(.broker, children.reap(broker, grace: grace + .seconds(2)))
 
         let reports = lines.compactMap(ClientReport.init(line:))
@@ -388,7 +388,14 @@ struct Child: CustomStringConvertible {
     let pid: pid_t
     let role: BenchRole
     let name: String
+    /// Started under a wrapper (a profiler) in its own process group: signals go to the group,
+    /// so the role stops too, not only the wrapper (strace detaches on SIGTERM).
+    var grouped = false
     var description: String { "\(name), pid \(pid)" }
+
+    func signal(_ number: Int32) {
+        kill(grouped ? -pid : pid, number)
+    }
 }
 
 struct ReapResult {
@@ -428,10 +435,18 @@ struct ChildSet {
         let words = wrapper + [path] + arguments
         let argv: [UnsafeMutablePointer<CChar>?] = words.map { strdup($0) } + [nil]
         defer { for pointer in argv { free(pointer) } }
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        if !wrapper.isEmpty {
+            posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETPGROUP))
+            posix_spawnattr_setpgroup(&attributes, 0)
+        }
         var pid: pid_t = 0
-        let rc = posix_spawnp(&pid, words[0], &actions, nil, argv, environ)
+        let rc = posix_spawnp(&pid, words[0], &actions, &attributes, argv, environ)
         guard rc == 0 else { fail("cannot start \(words[0]): \(String(cString: strerror(rc)))") }
-        let child = Child(pid: pid, role: role, name: URL(fileURLWithPath: log).deletingPathExtension().lastPathComponent)
+        let child = Child(pid: pid, role: role, name: URL(fileURLWithPath: log).deletingPathExtension().lastPathComponent,
+                          grouped: !wrapper.isEmpty)
         all.append(child)
         return child
     }
@@ -457,7 +472,7 @@ struct ChildSet {
             if r == child.pid { break }
             if r < 0 { return ReapResult(cpuSeconds: 0, maxRSS: 0, status: -1) }
             if ContinuousClock.now > until {
-                kill(child.pid, SIGKILL)
+                child.signal(SIGKILL)
                 _ = wait4(child.pid, &status, 0, &usage)
                 break
             }
@@ -472,7 +487,7 @@ struct ChildSet {
 
     mutating func killAll() {
         for child in all where !reaped.contains(child.pid) {
-            kill(child.pid, SIGKILL)
+            child.signal(SIGKILL)
             var status: Int32 = 0
             _ = waitpid(child.pid, &status, 0)
             reaped.insert(child.pid)

@@ -66,8 +66,9 @@ final class ClientEngine: ConnectingEngine {
     /// One-fragment requests (``Client/request(_:service:)``): no job machinery, one thread
     /// crossing each way.
     private var requests: [JobID: PendingRequest] = [:]
-    private var requestsByWaiter: [Int: JobID] = [:]
     private var hasher = SHA256()
+    /// The last service a request named, validated: requests usually name the same one.
+    private var lastService: (string: String, name: ServiceName)?
     /// Job ids: a random half per engine and a counter, so making one costs no system call.
     private let jobIDPrefix = UInt64.random(in: 0...UInt64.max)
     private var jobIDCounter: UInt64 = 0
@@ -143,30 +144,35 @@ final class ClientEngine: ConnectingEngine {
         return JobID(high: jobIDPrefix, low: jobIDCounter)
     }
 
+    /// A request's job id comes from its waiter's id (unique in the process), with the top bit
+    /// set so it never meets a job's counter: cancelling finds the request without a second map.
+    private func requestJobID(waiter: Int) -> JobID {
+        JobID(high: jobIDPrefix, low: 1 << 63 | UInt64(truncatingIfNeeded: waiter))
+    }
+
     // MARK: one-fragment requests
 
-    final class PendingRequest {
+    /// Stored in the dictionary itself: no allocation of its own.
+    struct PendingRequest {
         let jobID: JobID
-        let waiter: Int
         let message: ZMQMessage
         let continuation: Waiters<[UInt8]>.Continuation
-
-        init(jobID: JobID, waiter: Int, message: ZMQMessage, continuation: Waiters<[UInt8]>.Continuation) {
-            self.jobID = jobID
-            self.waiter = waiter
-            self.message = message
-            self.continuation = continuation
-        }
     }
 
     /// Sends `body` as a one-fragment job; the continuation gets the result's body.
     func request(_ body: [UInt8], service: String, waiter: Int, _ continuation: Waiters<[UInt8]>.Continuation) {
         if let failure = connectionFailure { return continuation.resume(returning: .failure(failure)) }
-        guard let name = try? ServiceName(validating: service) else {
+        let name: ServiceName
+        if let last = lastService, last.string == service {
+            name = last.name
+        } else if let valid = try? ServiceName(validating: service) {
+            name = valid
+            lastService = (service, valid)
+        } else {
             return continuation.resume(returning: .failure(SecureMQError(.invalidConfiguration,
                 "'\(service)' is not a valid service name: 1–255 bytes of A-Z a-z 0-9 . _ -")))
         }
-        let jobID = nextJobID()
+        let jobID = requestJobID(waiter: waiter)
         let message = ZMQMessage(size: Fragment.encodedSize(serviceLength: name.byteCount, bodyLength: body.count))
         let buffer = message.mutableBytes
         let header = body.withUnsafeBytes { bytes in
@@ -178,20 +184,19 @@ final class ClientEngine: ConnectingEngine {
             if let base = bytes.baseAddress { buffer.baseAddress!.advanced(by: bodyOffset).copyMemory(from: base, byteCount: bytes.count) }
         }
         if requests.isEmpty && jobs.isEmpty { lastHeard = SocketThread.now() }
-        requests[jobID] = PendingRequest(jobID: jobID, waiter: waiter, message: message, continuation: continuation)
-        requestsByWaiter[waiter] = jobID
+        requests[jobID] = PendingRequest(jobID: jobID, message: message, continuation: continuation)
         send(copyOf: message)
     }
 
     func cancelRequest(waiter: Int) {
-        guard let jobID = requestsByWaiter[waiter], let pending = requests[jobID] else { return }
+        let jobID = requestJobID(waiter: waiter)
+        guard let pending = requests[jobID] else { return }
         client.send(ControlMessage.cancel(jobID: jobID).encoded())
         finish(pending, .failure(SecureMQError(.cancelled, "the request was cancelled")))
     }
 
     private func finish(_ pending: PendingRequest, _ result: Result<[UInt8], SecureMQError>) {
         requests[pending.jobID] = nil
-        requestsByWaiter[pending.waiter] = nil
         pending.continuation.resume(returning: result)
     }
 

@@ -4,7 +4,9 @@ import Synchronization
 /// message, a connection). Every waiter is resumed exactly once: with a value, an error, its
 /// deadline or its task's cancellation. Confined to the owner thread.
 final class Waiters<Value: Sendable> {
-    typealias Continuation = CheckedContinuation<Result<Value, SecureMQError>, Never>
+    /// Unsafe, not checked: every path above resumes a waiter exactly once (the tests hold it to
+    /// that), and a checked continuation costs an allocation per wait on the request path.
+    typealias Continuation = UnsafeContinuation<Result<Value, SecureMQError>, Never>
 
     private struct Waiter {
         let id: Int
@@ -97,7 +99,7 @@ extension SocketThread {
     ) async throws(SecureMQError) -> Value {
         let id = WaiterID.next()
         let result: Result<Value, SecureMQError> = await withTaskCancellationHandler {
-            await withCheckedContinuation { (continuation: Waiters<Value>.Continuation) in
+            await withUnsafeContinuation { (continuation: Waiters<Value>.Continuation) in
                 if Task.isCancelled {
                     continuation.resume(returning: .failure(SecureMQError(.cancelled, "the operation was cancelled")))
                     return
