@@ -157,7 +157,8 @@ final class WorkerEngine: ConnectingEngine {
                 return
             }
             let workHeader = WorkHeader(id: header.jobID, index: Int(header.index), count: Int(header.count),
-                                        offset: Int(header.offset), service: fragment.service.description)
+                                        offset: Int(header.offset),
+                                        service: fragment.service.matches(service) ? service.string : fragment.service.description)
             if inlineHandler != nil {
                 // In place: the handler reads the body where libzmq put it.
                 let outcome = runInline(workHeader, fragment.body)

@@ -279,6 +279,8 @@ final class SocketThread: TaskExecutor, @unchecked Sendable {
 
     private func run() {
         owner.store(pthread_self(), ordering: .releasing)
+        // Named for ps, perf and gdb (Linux keeps 15 bytes).
+        smq_name_this_thread(name)
         while true {
             // Swap the inbox with the drained arrays: they keep their capacity, so a busy loop
             // allocates nothing here.
