@@ -113,6 +113,9 @@ final class CurveClientSocket {
             socket = try Self.makeSocket(context: context, serverKey: serverKey, keyPair: keyPair, options: options)
             try startMonitorAndConnect()
         } catch {
+            // The new socket may exist: close it now, since close() skips a failed connection and
+            // an open socket would keep zmq_ctx_term waiting for ever.
+            teardown(linger: .zero)
             set(.failed(error))
             return
         }

@@ -1,6 +1,8 @@
 internal import CZeroMQ
 public import Logging
 import Synchronization
+import Dispatch
+import Glibc
 
 /// The ZeroMQ context of a process, with SecureMQ's ZAP handler.
 ///
@@ -18,6 +20,7 @@ public final class SecureContext: @unchecked Sendable {
     let logger: Logger
     private let zap = Mutex<ZAPHandler?>(nil)
     private let domainCounter = Atomic<Int>(0)
+    private let terminationWait: Duration
 
     /// Makes a new ZeroMQ context.
     /// - Parameter logger: where the ZAP handler logs malformed requests; each server's own
@@ -25,13 +28,31 @@ public final class SecureContext: @unchecked Sendable {
     public init(logger: Logger = Logger(label: "securemq.context")) {
         handle = zmq_ctx_new()
         self.logger = logger
+        terminationWait = .seconds(5)
+    }
+
+    /// How long deinit waits for zmq_ctx_term before it logs and leaves it to finish (tests).
+    init(logger: Logger, terminationWait: Duration) {
+        handle = zmq_ctx_new()
+        self.logger = logger
+        self.terminationWait = terminationWait
     }
 
     deinit {
         zap.withLock { $0 }?.stop()
         // Every socket is closed by its owner thread (with a bounded linger) before the objects
-        // that own them release this context, so this does not wait long.
-        while zmq_ctx_term(handle) != 0 && zmq_errno() == EINTR {}
+        // that own them release this context, so termination does not wait long. It still runs
+        // on a thread of its own: zmq_ctx_term waits for ever for a socket left open, and a
+        // deinit must not hang whichever thread released the last reference. A wait that lasts
+        // is logged, since it means a socket leaked.
+        let termination = ContextTermination(handle: handle)
+        guard termination.start() else {
+            while zmq_ctx_term(handle) != 0 && zmq_errno() == EINTR {}
+            return
+        }
+        if termination.done.wait(timeout: .now() + .nanoseconds(Int(terminationWait.nanoseconds))) == .timedOut {
+            logger.error("the ZeroMQ context still waits for a socket that was never closed; it is left to terminate in the background")
+        }
     }
 
     /// The running ZAP handler, started on first use (a thread and an inproc bind: microseconds,
@@ -53,5 +74,32 @@ public final class SecureContext: @unchecked Sendable {
     /// A fresh ZAP domain name for a server socket.
     func makeDomain(_ base: String) -> String {
         "\(base).\(domainCounter.add(1, ordering: .relaxed).newValue)"
+    }
+}
+
+/// zmq_ctx_term on a detached thread, signalling `done` when it returns.
+private final class ContextTermination: @unchecked Sendable {
+    let handle: UnsafeMutableRawPointer
+    let done = DispatchSemaphore(value: 0)
+
+    init(handle: UnsafeMutableRawPointer) {
+        self.handle = handle
+    }
+
+    func start() -> Bool {
+        let box = Unmanaged.passRetained(self)
+        var thread = pthread_t()
+        let rc = pthread_create(&thread, nil, { raw in
+            let me = Unmanaged<ContextTermination>.fromOpaque(raw!).takeRetainedValue()
+            while zmq_ctx_term(me.handle) != 0 && zmq_errno() == EINTR {}
+            me.done.signal()
+            return nil
+        }, box.toOpaque())
+        guard rc == 0 else {
+            box.release()
+            return false
+        }
+        pthread_detach(thread)
+        return true
     }
 }
