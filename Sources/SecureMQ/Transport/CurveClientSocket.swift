@@ -203,6 +203,9 @@ final class CurveClientSocket {
         }
     }
 
+    /// Whether a CURVE handshake ever succeeded on this connection (or a socket before it).
+    var hasConnected: Bool { everConnected }
+
     var isConnected: Bool {
         if case .connected = state { return true }
         return false

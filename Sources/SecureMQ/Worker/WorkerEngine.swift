@@ -64,7 +64,11 @@ final class WorkerEngine: ConnectingEngine {
     func waitConnected(id: Int, _ continuation: Waiters<Bool>.Continuation) {
         switch client.state {
         case .failed(let error): return continuation.resume(returning: .failure(error))
-        case .closed: return continuation.resume(returning: .failure(SecureMQError(.closed, "the worker is closed")))
+        case .closed:
+            // Connected, then sent away before the caller's wait arrived (a READY refused at
+            // once): connect succeeded, and run() or serve() reports why the worker ended.
+            if endReason != nil && client.hasConnected { return continuation.resume(returning: .success(true)) }
+            return continuation.resume(returning: .failure(endReason ?? SecureMQError(.closed, "the worker is closed")))
         case .connected: return continuation.resume(returning: .success(true))
         case .connecting: connectWaiters.add(id: id, continuation, timeout: nil) { SecureMQError(.timedOut, "connect timed out") }
         }

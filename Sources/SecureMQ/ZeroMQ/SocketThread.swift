@@ -338,6 +338,19 @@ final class SocketThread: TaskExecutor, @unchecked Sendable {
     /// whose descriptor fired, which is what libzmq's edge-triggered `ZMQ_FD` requires.
     private func pollOnce() {
         if registrations.contains(where: { $0.removed }) { registrations.removeAll { $0.removed } }
+        if !serveReadySockets() {
+            sleepInPoll()
+            // What woke us is read before the timers run: a liveness check must see the messages
+            // that waited (after a SIGSTOP, say), not time out over them.
+            serveReadySockets()
+        }
+        fireTimers()
+    }
+
+    /// Asks `ZMQ_EVENTS` of each socket that was used or whose descriptor fired, and runs the
+    /// handlers of those with a message. Returns whether any handler ran.
+    @discardableResult
+    private func serveReadySockets() -> Bool {
         var anyReady = false
         for registration in registrations where registration.wantsRead {
             guard registration.mayBeReadable || registration.socket.touched else { continue }
@@ -347,22 +360,24 @@ final class SocketThread: TaskExecutor, @unchecked Sendable {
                 anyReady = true
             }
         }
-        if anyReady {
-            // Handlers may register or unregister: walk a snapshot.
-            polled.removeAll(keepingCapacity: true)
-            polled.append(contentsOf: registrations)
-            for registration in polled where registration.ready {
-                registration.ready = false
-                guard !registration.removed, registration.wantsRead else { continue }
-                // Asked again next pass: the handler may have left messages waiting.
-                registration.mayBeReadable = true
-                registration.onReadable()
-            }
-            polled.removeAll(keepingCapacity: true)
-            fireTimers()
-            return
+        guard anyReady else { return false }
+        // Handlers may register or unregister: walk a snapshot.
+        polled.removeAll(keepingCapacity: true)
+        polled.append(contentsOf: registrations)
+        for registration in polled where registration.ready {
+            registration.ready = false
+            guard !registration.removed, registration.wantsRead else { continue }
+            // Asked again next pass: the handler may have left messages waiting.
+            registration.mayBeReadable = true
+            registration.onReadable()
         }
+        polled.removeAll(keepingCapacity: true)
+        return true
+    }
 
+    /// Sleeps in `poll(2)` on the eventfd and the descriptors of the sockets that want reads,
+    /// until one fires, work arrives or the next timer is due (not at all if work waits).
+    private func sleepInPoll() {
         pollFDs.removeAll(keepingCapacity: true)
         polled.removeAll(keepingCapacity: true)
         pollFDs.append(pollfd(fd: eventFD, events: Int16(POLLIN), revents: 0))
@@ -402,7 +417,6 @@ final class SocketThread: TaskExecutor, @unchecked Sendable {
             }
         }
         polled.removeAll(keepingCapacity: true)
-        fireTimers()
     }
 
     private func fireTimers() {
