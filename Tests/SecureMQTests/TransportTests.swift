@@ -37,15 +37,18 @@ struct TransportTests {
         await fixture.server.close()
     }
 
-    @Test func connectionWorksFromTasksOnItsOwnExecutor() async throws {
+    @Test func connectionAndServerWorkFromTasksOnTheirOwnExecutors() async throws {
         let clientKeys = KeyPair.generate()
         let fixture = try await ServerFixture.make(allowing: [clientKeys.publicKey])
         let connection = try await fixture.connect(clientKeys)
-        // The server echoes whatever arrives, from its own task.
+        // The server echoes whatever arrives, from a task on its own executor.
+        let server = fixture.server
         let echo = Task {
-            for _ in 0..<300 {
-                let message = try await fixture.server.receive(timeout: .seconds(10))
-                try await fixture.server.send(message.body, to: message.peer)
+            try await withTaskExecutorPreference(server.executor) {
+                for _ in 0..<300 {
+                    let message = try await server.receive(timeout: .seconds(10))
+                    try await server.send(message.body, to: message.peer)
+                }
             }
         }
         let outcome = try await withTaskExecutorPreference(connection.executor) { () async throws -> ([UInt8], SecureMQError.Code?, SecureMQError.Code?) in

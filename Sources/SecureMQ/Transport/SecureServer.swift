@@ -72,6 +72,10 @@ public final class SecureServer: Sendable {
         }
     }
 
+    /// The thread that owns this server's socket, as a task executor: see ``Client/executor``
+    /// (a receive-and-reply loop on it makes no thread hand-off per message).
+    public var executor: any TaskExecutor { thread }
+
     /// Waits for the next message from any admitted peer.
     /// - Parameter timeout: give up with `.timedOut` after this long (nil: wait).
     public func receive(timeout: Duration? = nil) async throws(SecureMQError) -> ServerMessage {
