@@ -77,8 +77,8 @@ final class ZAPHandler: @unchecked Sendable {
 
     private func drain() {
         guard let socket else { return }
-        // Level-triggered through zmq_poll, but drain what is queued so a burst of handshakes
-        // does not cost one poll each.
+        // The owner thread asks again while a message waits, but drain what is queued so a
+        // burst of handshakes does not cost one pass each.
         while true {
             let received: (parts: [ZMQMessage], truncated: Bool)?
             do { received = try socket.receiveMultipart(maxParts: 8) } catch {

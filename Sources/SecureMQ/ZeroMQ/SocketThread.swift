@@ -6,9 +6,9 @@ import Dispatch
 /// The one thread that owns a set of libzmq sockets.
 ///
 /// libzmq sockets are not thread-safe, so every socket belongs to exactly one `SocketThread`,
-/// which runs `zmq_poll` over its sockets plus an `eventfd`. Other threads (and async callers)
-/// never touch a socket: they put closures into a locked inbox with ``execute(_:)`` and write the
-/// eventfd to wake the poll. Results go back through continuations resumed from the thread.
+/// which sleeps in `poll(2)` on its sockets' descriptors plus an `eventfd`. Other threads (and
+/// async callers) never touch a socket: they put closures into a locked inbox with ``execute(_:)``
+/// and write the eventfd to wake the poll. Results go back through continuations resumed from the thread.
 ///
 /// It is also a `TaskExecutor`: a task that prefers it (`withTaskExecutorPreference`) runs its
 /// nonisolated code on this thread, between polls. Such a task reaches its sockets directly (no
@@ -60,11 +60,19 @@ final class SocketThread: TaskExecutor, @unchecked Sendable {
         var stopRequested = false
         var exited = false
         var exitWaiters: [CheckedContinuation<Void, Never>] = []
-        /// The owner thread is in (or about to enter) zmq_poll with an empty inbox: work
+        /// The owner thread is in (or about to enter) poll(2) with an empty inbox: work
         /// must wake it. A busy thread finds new work at the top of its loop, so a caller
         /// writes the eventfd only when it sleeps, and only once per sleep.
         var sleeping = false
         var woken = false
+
+        /// Whether the caller that just queued something must write the eventfd: the thread
+        /// sleeps and nobody has woken it yet.
+        mutating func claimWake() -> Bool {
+            guard sleeping && !woken else { return false }
+            woken = true
+            return true
+        }
     }
 
     let name: String
@@ -131,26 +139,21 @@ final class SocketThread: TaskExecutor, @unchecked Sendable {
         let (accepted, needsWake) = shared.withLock { state -> (Bool, Bool) in
             guard !state.exited else { return (false, false) }
             state.jobs.append(job)
-            let needsWake = state.sleeping && !state.woken
-            if needsWake { state.woken = true }
-            return (true, needsWake)
+            return (true, state.claimWake())
         }
         if needsWake { wake() }
         if !accepted { globalConcurrentExecutor.enqueue(ExecutorJob(job)) }
     }
 
     /// Runs the jobs queued on the owner thread so far (jobs they enqueue wait for the next pass,
-    /// after a poll). Returns false when there were none.
-    @discardableResult
-    private func runQueuedJobs() -> Bool {
+    /// after a poll).
+    private func runQueuedJobs() {
         swap(&localJobs, &runningJobs)
-        let any = !runningJobs.isEmpty || !drainedJobs.isEmpty
         let me = asUnownedTaskExecutor()
         for job in drainedJobs { job.runSynchronously(on: me) }
         drainedJobs.removeAll(keepingCapacity: true)
         for job in runningJobs { job.runSynchronously(on: me) }
         runningJobs.removeAll(keepingCapacity: true)
-        return any
     }
 
     /// Runs `work` on the owner thread. Returns false if the thread has stopped (work not run).
@@ -159,9 +162,7 @@ final class SocketThread: TaskExecutor, @unchecked Sendable {
         let (accepted, needsWake) = shared.withLock { state -> (Bool, Bool) in
             guard !state.stopRequested else { return (false, false) }
             state.inbox.append(work)
-            let needsWake = state.sleeping && !state.woken
-            if needsWake { state.woken = true }
-            return (true, needsWake)
+            return (true, state.claimWake())
         }
         if needsWake { wake() }
         return accepted
