@@ -63,8 +63,8 @@ final class ClientEngine: ConnectingEngine {
     private var jobs: [JobID: ClientJob] = [:]
     private let received = ZMQMessage()
     private let sendScratch = ZMQMessage()
-    /// One-fragment requests (``Client/request(_:service:)``): no job machinery, one thread
-    /// crossing each way.
+    /// One-fragment requests (``Client/request(_:service:)``): no job machinery; one thread
+    /// crossing each way, or none for a task on the client's executor.
     private var requests: [JobID: PendingRequest] = [:]
     private var hasher = SHA256()
     /// The last service a request named, validated: requests usually name the same one.
