@@ -53,7 +53,7 @@ struct SubmitCommand: AsyncParsableCommand {
             var template = Array((NSTemporaryDirectory() + "/smq-stdin-XXXXXX").utf8CString)
             let fd = mkstemp(&template)
             guard fd >= 0 else { fail("cannot make a temporary file for stdin: \(String(cString: strerror(errno)))") }
-            let url = URL(fileURLWithPath: String(cString: template))
+            let url = URL(fileURLWithPath: template.withUnsafeBufferPointer { String(cString: $0.baseAddress!) })
             let token = Cleanup.register { unlink(url.path) }
             spooled = (url, token)
             let handle = FileHandle(fileDescriptor: fd, closeOnDealloc: true)
