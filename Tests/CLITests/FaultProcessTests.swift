@@ -145,12 +145,15 @@ struct FaultProcessTests {
     }
 
     @Test func jobSurvivesABrokerKilledAndRestarted() async throws {
-        let c = try await cluster("restart", workers: 2, workerArguments: ["--delay-ms", "20", "--credit", "4"])
+        // 40 ms per fragment, 8 at a time: the 250 fragments after the 50th take over a second, so
+        // the kill lands mid-job even when a loaded machine is slow to notice the 50th.
+        let c = try await cluster("restart", workers: 2, workerArguments: ["--delay-ms", "40", "--credit", "4"])
         defer { c.harness.tearDown() }
         let payload = randomBytes(300 * 1024)
         let (submit, output) = try startSubmit(c.harness, c.certs, c.broker, c.client, payload: payload, name: "job")
         try await waitUntil("50 results") { fileSize(output) >= 50 * 1024 }
         c.broker.child.kill()
+        #expect(fileSize(output) < payload.count, "the job ended before the broker was killed: nothing was tested")
         _ = try await c.broker.child.waitForExit(timeout: .seconds(10))
         _ = try await c.harness.startBroker(c.certs, port: c.broker.port, name: "broker-again")
         try await expectDeliveredExactlyOnce(submit, output: output, payload: payload, timeout: .seconds(90))
