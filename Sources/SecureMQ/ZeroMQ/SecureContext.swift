@@ -25,10 +25,8 @@ public final class SecureContext: @unchecked Sendable {
     /// Makes a new ZeroMQ context.
     /// - Parameter logger: where the ZAP handler logs malformed requests; each server's own
     ///   decisions go to that server's logger.
-    public init(logger: Logger = Logger(label: "securemq.context")) {
-        handle = zmq_ctx_new()
-        self.logger = logger
-        terminationWait = .seconds(5)
+    public convenience init(logger: Logger = Logger(label: "securemq.context")) {
+        self.init(logger: logger, terminationWait: .seconds(5))
     }
 
     /// How long deinit waits for zmq_ctx_term before it logs and leaves it to finish (tests).

@@ -308,20 +308,18 @@ final class SocketThread: TaskExecutor, @unchecked Sendable {
         stopHooks.removeAll()
         registrations.removeAll()
         timers.removeAll()
+        // (The inbox stays empty from here: execute refuses work once a stop is requested.)
         var waiters: [CheckedContinuation<Void, Never>] = []
         while true {
             let done = shared.withLock { state -> Bool in
-                swap(&state.inbox, &drained)
                 swap(&state.jobs, &drainedJobs)
-                guard drained.isEmpty, drainedJobs.isEmpty, localJobs.isEmpty else { return false }
+                guard drainedJobs.isEmpty, localJobs.isEmpty else { return false }
                 state.exited = true
                 waiters = state.exitWaiters
                 state.exitWaiters.removeAll()
                 return true
             }
             if done { break }
-            for item in drained { item() }
-            drained.removeAll()
             runQueuedJobs()
         }
         // From here on this is no longer the owner: a task resumed below is enqueued globally.
