@@ -159,8 +159,9 @@ func spawn(_ executable: URL, _ arguments: [String], log: String) throws -> Proc
     let process = Process()
     process.executableURL = executable
     process.arguments = arguments
-    FileManager.default.createFile(atPath: log, contents: nil)
-    let handle = FileHandle(forWritingAtPath: log)
+    guard FileManager.default.createFile(atPath: log, contents: nil), let handle = FileHandle(forWritingAtPath: log) else {
+        fail("cannot write the log file \(log)")
+    }
     process.standardOutput = handle
     process.standardError = handle
     try process.run()
