@@ -5,9 +5,9 @@ import Testing
 /// What a receiver gets for a reason the sender gave.
 func expectedAfterRoundTrip(_ message: ControlMessage) -> ControlMessage {
     switch message {
-    case .failed(let j, let i, let c, let r): .failed(jobID: j, index: i, code: c, reason: Reason.truncated(r))
-    case .reject(let d, let c, let t, let r): .reject(deliveryID: d, code: c, retryable: t, reason: Reason.truncated(r))
-    case .disconnect(let r): .disconnect(reason: Reason.truncated(r))
+    case .failed(let j, let i, let c, let r): .failed(jobID: j, index: i, code: c, reason: PeerText.escaped(Reason.truncated(r)))
+    case .reject(let d, let c, let t, let r): .reject(deliveryID: d, code: c, retryable: t, reason: PeerText.escaped(Reason.truncated(r)))
+    case .disconnect(let r): .disconnect(reason: PeerText.escaped(Reason.truncated(r)))
     default: message
     }
 }

@@ -46,7 +46,9 @@ public enum Reason {
 ///
 /// Valid only while the message buffer it was parsed from is alive and unchanged. The bytes are
 /// not checked for UTF-8 (a reason is for people; a bad byte must not cost the code it comes with):
-/// ``string`` repairs them with U+FFFD.
+/// ``string`` repairs them with U+FFFD. A peer wrote these bytes, so ``string`` is escaped
+/// (``PeerText/escaped(_:)``): a reason can never put a newline into a log line, an ESC sequence
+/// into a terminal or a bidi override into another peer's error message. Only ``bytes`` is raw.
 public struct ReasonView: CustomStringConvertible {
     /// The reason's bytes, inside the message buffer.
     public let bytes: UnsafeRawBufferPointer
@@ -58,8 +60,9 @@ public struct ReasonView: CustomStringConvertible {
     /// Whether the sender gave no reason.
     public var isEmpty: Bool { bytes.isEmpty }
 
-    /// The reason as text, invalid UTF-8 replaced by U+FFFD.
-    public var string: String { String(decoding: bytes, as: UTF8.self) }
+    /// The reason as one line of printable text: invalid UTF-8 replaced by U+FFFD, control and
+    /// format characters escaped (``PeerText/escaped(_:)``).
+    public var string: String { PeerText.escaped(bytes) }
 
     public var description: String { string }
 }
