@@ -61,8 +61,14 @@ enum Gens {
         let body = rng.bytes(in: 0...1500)
         let count = Bool.random(using: &rng) ? UInt32.random(in: 1...8, using: &rng) : UInt32.random(in: 1...UInt32.max, using: &rng)
         let index = UInt32.random(in: 0..<count, using: &rng)
-        let offset = command.isRequest ? UInt64.random(in: 0...(1 << 40), using: &rng) : 0
-        let total = command.isRequest ? offset + UInt64(body.count) + UInt64.random(in: 0...1000, using: &rng) : 0
+        // Requests are laid out as a fragmenter would: fragments of `size` bytes (at most
+        // max-fragment), so fragment 0 is at 0, the last ends at total-length, and the total fits
+        // in count × max-fragment (C33).
+        let size = UInt64.random(in: UInt64(max(body.count, 1))...UInt64(ProtocolLimits.defaultMaxFragment), using: &rng)
+        let offset = command.isRequest ? UInt64(index) * size : 0
+        let isLast = index == count - 1
+        let rest = isLast ? 0 : UInt64.random(in: 0...(UInt64(count - index - 1) * size), using: &rng)
+        let total = command.isRequest ? offset + UInt64(body.count) + rest : 0
         let header = FragmentHeader(
             jobID: rng.jobID(), index: index, count: count, offset: offset, totalLength: total,
             length: UInt32(body.count), digest: SHA256.hash(body))

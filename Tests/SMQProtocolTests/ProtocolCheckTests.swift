@@ -126,6 +126,8 @@ struct FragmentHeaderCheckTests {
         var exact = SubmitBuilder()
         exact.body = Array(repeating: 1, count: 64)
         exact.header.length = 64
+        exact.header.offset = 64
+        exact.header.totalLength = 192
         #expect(parseError(exact.bytes(), limits: limits) == nil)
         // Results are bounded too (§4.1).
         var result = SubmitBuilder()
@@ -147,6 +149,72 @@ struct FragmentHeaderCheckTests {
         work.tag = 5
         work.header.offset = 250
         expectFailure(&work, .offsetOutOfRange)
+    }
+
+    @Test("C33: total-length fits in Int and in count × max-fragment; first and last fragments are anchored")
+    func requestTotalsAreRangeChecked() {
+        // The case that crashed `smq worker`: offset 2^63, total-length 2^64 − 1.
+        var absurd = SubmitBuilder()
+        absurd.header.offset = 1 << 63
+        absurd.header.totalLength = UInt64.max
+        expectFailure(&absurd, .totalLengthOutOfRange)
+        // Just past Int.max, with a count that could otherwise carry it.
+        var pastIntMax = SubmitBuilder()
+        pastIntMax.header.count = UInt32.max
+        pastIntMax.header.index = 1
+        pastIntMax.header.offset = UInt64(Int64.max) - 200
+        pastIntMax.header.totalLength = UInt64(Int64.max) + 1
+        expectFailure(&pastIntMax, .totalLengthOutOfRange, limits: ProtocolLimits(maxFragment: Int(UInt32.max)))
+        // Exactly Int.max is the largest total a request may carry.
+        var atIntMax = pastIntMax
+        atIntMax.header.totalLength = UInt64(Int64.max)
+        #expect(parseError(atIntMax.bytes(), limits: ProtocolLimits(maxFragment: Int(UInt32.max))) == nil)
+        // More than the job's fragments could carry: 3 fragments of at most 100 bytes.
+        var tooLong = SubmitBuilder()
+        tooLong.header.totalLength = 301
+        expectFailure(&tooLong, .totalLengthOutOfRange, limits: ProtocolLimits(maxFragment: 100))
+        var enough = SubmitBuilder()
+        #expect(parseError(enough.bytes(), limits: ProtocolLimits(maxFragment: 100)) == nil)
+        // Fragment 0 starts at 0; the last fragment ends at total-length.
+        var first = SubmitBuilder()
+        first.header = FragmentHeader(jobID: first.jobID, index: 0, count: 3, offset: 1, totalLength: 300,
+                                      length: 100, digest: SHA256.hash(first.body))
+        expectFailure(&first, .firstFragmentNotAtStart)
+        var last = SubmitBuilder()
+        last.header = FragmentHeader(jobID: last.jobID, index: 2, count: 3, offset: 150, totalLength: 300,
+                                     length: 100, digest: SHA256.hash(last.body))
+        expectFailure(&last, .lastFragmentNotAtEnd)
+        var single = SubmitBuilder()
+        single.header = FragmentHeader(jobID: single.jobID, index: 0, count: 1, offset: 0, totalLength: 101,
+                                       length: 100, digest: SHA256.hash(single.body))
+        expectFailure(&single, .lastFragmentNotAtEnd)
+    }
+
+    @Test("any header that passes the checks converts to Int without trapping")
+    func acceptedHeadersAreSafeToConvert() async {
+        let boundaries: [UInt64] = [0, 1, 100, UInt64(Int32.max), UInt64(UInt32.max), UInt64(Int64.max) - 1,
+                                    UInt64(Int64.max), UInt64(Int64.max) + 1, UInt64.max - 1, UInt64.max]
+        let counts: [UInt32] = [1, 2, 3, UInt32.max - 1, UInt32.max]
+        await propertyCheck(count: 2000, input: Gen.int(in: 0...Int.max)) { seed in
+            var rng = SplitMix64(seed: UInt64(seed))
+            let count = counts.randomElement(using: &rng)!
+            let index = [0, 1, count - 1, count, UInt32.max].randomElement(using: &rng)!
+            var header = FragmentHeader(jobID: .random(), index: min(index, count - 1), count: count,
+                                        offset: boundaries.randomElement(using: &rng)!,
+                                        totalLength: boundaries.randomElement(using: &rng)!, length: 0, digest: .zero)
+            header.index = index
+            header.length = [0, 1, 100, UInt32.max].randomElement(using: &rng)!
+            let limits = ProtocolLimits(maxFragment: [1, 100, 1 << 20, Int(UInt32.max)].randomElement(using: &rng)!)
+            let bodyLength = Int(header.length)
+            guard (try? header.validate(bodyLength: bodyLength, isRequest: true, limits: limits)) != nil else { return }
+            // What a worker and a gatherer do with an accepted request.
+            let offset = Int(exactly: header.offset), total = Int(exactly: header.totalLength)
+            #expect(offset != nil && total != nil)
+            if let offset, let total {
+                #expect(offset + bodyLength <= total)
+                #expect(UInt64(total) <= UInt64(header.count) * UInt64(limits.maxFragment))
+            }
+        }
     }
 
     @Test func resultsSkipTheOffsetCheck() {

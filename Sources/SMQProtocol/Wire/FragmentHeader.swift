@@ -122,7 +122,8 @@ public struct FragmentHeader: Hashable, Sendable {
 
     /// Applies every receiver check of §2.2, in this order: version, flags, reserved, `index <
     /// count`, LAST exactly on `count − 1`, body ≤ max-fragment, `length` = body bytes, and for
-    /// requests `offset + length ≤ total-length`. The digest is not checked here: the broker does
+    /// requests `offset + length ≤ total-length`, `total-length ≤ min(count × max-fragment,
+    /// 2^63 − 1)`, fragment 0 at offset 0 and the last fragment ending at total-length (C33). The digest is not checked here: the broker does
     /// not hash, and workers and clients compare it with ``SHA256`` on the body.
     ///
     /// - Parameters:
@@ -158,12 +159,29 @@ public struct FragmentHeader: Hashable, Sendable {
             throw failure(.lengthMismatch, value: UInt64(length), limit: UInt64(bodyLength))
         }
         if isRequest {
+            // Every later conversion of offset and total-length to Int (a worker's WorkHeader, a
+            // gatherer's placement) is safe because of these checks (PROTOCOL.md C33).
             let (end, overflow) = offset.addingReportingOverflow(UInt64(length))
             if overflow || end > totalLength {
                 throw failure(.offsetOutOfRange, value: overflow ? UInt64.max : end, limit: totalLength)
             }
+            // count < 2^32 and max-fragment < 2^32, so the product fits in 64 bits.
+            let carried = min(UInt64(count) &* UInt64(limits.maxFragment), Self.maxTotalLength)
+            if totalLength > carried {
+                throw failure(.totalLengthOutOfRange, value: totalLength, limit: carried)
+            }
+            if index == 0 && offset != 0 {
+                throw failure(.firstFragmentNotAtStart, value: offset, limit: 0)
+            }
+            if isLast && end != totalLength {
+                throw failure(.lastFragmentNotAtEnd, value: end, limit: totalLength)
+            }
         }
     }
+
+    /// The largest total-length a request may carry: 2^63 − 1, so that every offset and length
+    /// of a valid request is a non-negative `Int` on a 64-bit receiver.
+    public static let maxTotalLength = UInt64(Int64.max)
 
     private func failure(
         _ code: ProtocolError.Code, value: UInt64, limit: UInt64? = nil, code failureCode: FailureCode = .malformed

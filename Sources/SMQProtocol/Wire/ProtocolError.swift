@@ -61,6 +61,13 @@ public struct ProtocolError: Error, Hashable, Sendable, CustomStringConvertible 
         public static let fragmentTooLarge = Code("fragmentTooLarge")
         /// In a request, `offset + length > total-length`.
         public static let offsetOutOfRange = Code("offsetOutOfRange")
+        /// In a request, `total-length` above 2^63 − 1 (no receiver could address it) or above
+        /// `count × max-fragment` (no fragments of this job could carry it).
+        public static let totalLengthOutOfRange = Code("totalLengthOutOfRange")
+        /// In a request, fragment 0 not at offset 0.
+        public static let firstFragmentNotAtStart = Code("firstFragmentNotAtStart")
+        /// In a request, the last fragment not ending at total-length.
+        public static let lastFragmentNotAtEnd = Code("lastFragmentNotAtEnd")
     }
 
     /// What was wrong.
@@ -127,6 +134,9 @@ public struct ProtocolError: Error, Hashable, Sendable, CustomStringConvertible 
         case .lengthMismatch: return "header length \(v) but \(l) body bytes follow"
         case .fragmentTooLarge: return "fragment body of \(v) bytes exceeds max-fragment \(l)"
         case .offsetOutOfRange: return "offset + length = \(v) exceeds total-length \(l)"
+        case .totalLengthOutOfRange: return "total-length \(v) exceeds \(l), the most this job's fragments can carry"
+        case .firstFragmentNotAtStart: return "fragment 0 must start at offset 0, not \(v)"
+        case .lastFragmentNotAtEnd: return "the last fragment must end at total-length \(l), not at \(v)"
         default: return "protocol violation"
         }
     }
