@@ -64,6 +64,9 @@ public struct ProtocolError: Error, Hashable, Sendable, CustomStringConvertible 
         /// In a request, `total-length` above 2^63 − 1 (no receiver could address it) or above
         /// `count × max-fragment` (no fragments of this job could carry it).
         public static let totalLengthOutOfRange = Code("totalLengthOutOfRange")
+        /// A fragment's body does not hash to its header's digest (checked by workers and clients,
+        /// not by the broker).
+        public static let digestMismatch = Code("digestMismatch")
         /// In a request, fragment 0 not at offset 0.
         public static let firstFragmentNotAtStart = Code("firstFragmentNotAtStart")
         /// In a request, the last fragment not ending at total-length.
@@ -135,6 +138,7 @@ public struct ProtocolError: Error, Hashable, Sendable, CustomStringConvertible 
         case .fragmentTooLarge: return "fragment body of \(v) bytes exceeds max-fragment \(l)"
         case .offsetOutOfRange: return "offset + length = \(v) exceeds total-length \(l)"
         case .totalLengthOutOfRange: return "total-length \(v) exceeds \(l), the most this job's fragments can carry"
+        case .digestMismatch: return "the body does not match its SHA-256 digest"
         case .firstFragmentNotAtStart: return "fragment 0 must start at offset 0, not \(v)"
         case .lastFragmentNotAtEnd: return "the last fragment must end at total-length \(l), not at \(v)"
         default: return "protocol violation"
