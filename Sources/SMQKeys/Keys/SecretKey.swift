@@ -28,9 +28,10 @@ public final class SecretKey: Sendable, CustomStringConvertible {
         try self.init(z85UTF8: text.utf8)
     }
 
-    /// Parses the Z85 characters of a secret key from bytes (a slice of a file buffer the caller
-    /// wipes): no copy of the text is made, and the decoded bytes are wiped.
-    convenience init(z85UTF8 text: some Collection<UInt8>) throws(KeyError) {
+    /// Parses the 40 Z85 characters of a secret key from bytes, such as a slice of a buffer the
+    /// caller wipes afterwards: no copy of the text is made, and the decoded bytes are wiped.
+    /// - Throws: ``KeyError`` `.badLength`, `.badEncoding` or `.zeroKey`.
+    public convenience init(z85UTF8 text: some Collection<UInt8>) throws(KeyError) {
         guard text.count == 40 else {
             throw KeyError(.badLength, "a Z85 key is 40 characters; got \(text.count)")
         }
