@@ -239,7 +239,7 @@ import Testing
     @Test func anUnreadableDirectoryAdmitsNoOne() throws {
         try withTemporaryDirectory { parent in
             let dir = parent + "/allowed"
-            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: false)
+            try makeDirectory(dir)
             let key = try addPeer(dir, "w.key")
             let logs = CapturedLogs()
             let list = try Allowlist(directory: dir, logger: logs.logger)
@@ -263,7 +263,7 @@ import Testing
 
             // The directory back, with the key: admitted again.
             try FileManager.default.removeItem(atPath: dir)
-            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: false)
+            try makeDirectory(dir)
             try Certificate(publicKey: key).save(directory: dir, name: "w")
             let back = try #require(list.reloadIfChanged())
             #expect(back.added.map(\.publicKey) == [key])
@@ -331,7 +331,7 @@ import Testing
     @Test func symbolicLinksAreRefused() throws {
         try withTemporaryDirectory { parent in
             let dir = parent + "/allowed"
-            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: false)
+            try makeDirectory(dir)
             let good = try addPeer(dir, "good.key")
             let linked = try addPeer(parent, "elsewhere.key")
             try FileManager.default.createSymbolicLink(atPath: dir + "/linked.key", withDestinationPath: parent + "/elsewhere.key")
@@ -372,7 +372,7 @@ import Testing
     @Test func aWritableDirectoryIsRefusedAndAdmitsNoOne() throws {
         try withTemporaryDirectory { parent in
             let dir = parent + "/allowed"
-            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: false)
+            try makeDirectory(dir)
             #expect(chmod(dir, 0o755) == 0)
             let key = try addPeer(dir, "w.key")
             let list = try Allowlist(directory: dir, logger: CapturedLogs().logger)

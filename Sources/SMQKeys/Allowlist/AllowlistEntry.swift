@@ -86,7 +86,7 @@ public struct AllowlistEntry: Sendable, Hashable, CustomStringConvertible {
     }
 
     public var description: String {
-        "\(name) (\(publicKey.fingerprint)…, role: \(role?.rawValue ?? "default"), weight: \(weight)\(path.map { ", \($0)" } ?? ""))"
+        "\(name) (\(publicKey.fingerprint)…, role: \(role?.rawValue ?? "default"), weight: \(weight)\(path.map { ", \(PeerText.escaped($0))" } ?? ""))"
     }
 }
 

@@ -189,15 +189,6 @@ enum FileIO {
         return try names(in: dir, path: path)
     }
 
-    /// The names in a directory (without `.` and `..`), unsorted.
-    static func list(directory: String) throws(CertificateError) -> [String] {
-        guard let dir = opendir(directory) else {
-            throw SystemError(call: "opendir", errno: errno).certificateError(path: directory, doing: "cannot read directory")
-        }
-        defer { closedir(dir) }
-        return try names(in: dir, path: directory)
-    }
-
     private static func names(in dir: OpaquePointer, path: String) throws(CertificateError) -> [String] {
         var names = [String]()
         while true {
