@@ -47,7 +47,7 @@ internal import Synchronization
 /// even one that keeps the size and restores the mtime, and any rename.
 ///
 /// File names and metadata values in log lines and problem descriptions are escaped with
-/// ``PeerText/escaped(_:)``; metadata values are limited to printable text when they are parsed.
+/// `PeerText.escaped`; metadata values are limited to printable text when they are parsed.
 public final class Allowlist: Sendable {
     /// The directory, nil for a fixed in-memory set.
     public let directory: String?

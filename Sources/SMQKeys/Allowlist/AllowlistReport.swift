@@ -2,7 +2,8 @@ internal import SMQProtocol
 
 /// A file in an allowlist directory that was not used, and why.
 public struct AllowlistProblem: Sendable, Hashable, CustomStringConvertible {
-    /// The file (or, for `.nothingLoaded` and unreadable directories, the directory).
+    /// The file (or, for `.nothingLoaded` and unreadable directories, the directory), as the
+    /// directory listing spelled it: escape it before printing it (``description`` does).
     public let path: String
     /// The line at fault, if one is.
     public let line: Int?
@@ -21,7 +22,7 @@ public struct AllowlistProblem: Sendable, Hashable, CustomStringConvertible {
         self.init(path: error.path ?? path, line: error.line, code: error.code, message: error.message)
     }
 
-    /// `path:line: message`, the path escaped (``PeerText/escaped(_:)``).
+    /// `path:line: message`, the path escaped (`PeerText.escaped`).
     public var description: String {
         CertificateError(code, path: path, line: line, message).description
     }

@@ -69,7 +69,7 @@ public struct CertificateError: Error, Hashable, Sendable, CustomStringConvertib
     }
 
     /// `path:line: message`, or as much of it as is known. The path is escaped
-    /// (``PeerText/escaped(_:)``): a file name can hold a newline or an ESC sequence.
+    /// (`PeerText.escaped`): a file name can hold a newline or an ESC sequence.
     public var description: String {
         let path = path.map(PeerText.escaped)
         return switch (path, line) {

@@ -3,7 +3,7 @@ internal import SMQProtocol
 /// The `metadata` section of a certificate: ordered `name = value` pairs.
 ///
 /// Names are `[A-Za-z0-9._+-]`; values are printable text without `"` (every value is written
-/// double-quoted, so it can hold `#`, `'` and spaces). "Printable" is ``PeerText``'s rule: no C0
+/// double-quoted, so it can hold `#`, `'` and spaces). "Printable" is `PeerText`'s rule: no C0
 /// or C1 control character, no DEL, no Unicode format character (bidi overrides such as U+202E,
 /// zero-width characters), no line or paragraph separator, no private-use or unassigned code
 /// point. A certificate file with such a value is refused when it is parsed, with an error naming
@@ -102,7 +102,7 @@ public struct CertificateMetadata: Sendable, Hashable, Sequence, ExpressibleByDi
         }
     }
 
-    /// Printable as ``PeerText/escaped(_:)`` sees it: no C0 or C1 control, DEL, Unicode format
+    /// Printable as `PeerText.escaped` sees it: no C0 or C1 control, DEL, Unicode format
     /// character (bidi overrides and isolates such as U+202E, zero-width characters, BOM), line
     /// or paragraph separator, private-use or unassigned code point.
     static func isPrintable(_ scalar: Unicode.Scalar) -> Bool {
