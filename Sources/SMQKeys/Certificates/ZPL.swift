@@ -15,14 +15,6 @@ enum ZPL {
         /// `name =`. The value is not copied out, so a secret key's text exists only in the
         /// caller's buffer, which the caller wipes.
         let valueRange: Range<Int>?
-
-        /// Whether the line has a value (`name = …`) rather than being a bare name.
-        var hasValue: Bool { valueRange != nil }
-
-        /// The value as text, for values that are not secret.
-        func value(in bytes: [UInt8]) -> String? {
-            valueRange.map { String(decoding: bytes[$0], as: UTF8.self) }
-        }
     }
 
     struct Document: Sendable {
