@@ -26,7 +26,7 @@ let package = Package(
 
         .target(
             name: "SMQKeys",
-            dependencies: ["CSodium", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["CSodium", "SMQProtocol", .product(name: "Logging", package: "swift-log")]
         ),
         .target(
             name: "SMQProtocol",

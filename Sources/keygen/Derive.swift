@@ -1,4 +1,5 @@
 import ArgumentParser
+import Glibc
 import SecureMQ
 
 extension Keygen {
@@ -42,16 +43,13 @@ extension Keygen {
         func run() throws {
             let publicKey: PublicKey
             if let secret {
-                var text = secret
-                if secret == "-" {
-                    guard let line = readLine() else {
-                        throw CLIError("--secret -: standard input is empty; pipe the 40-character Z85 secret key in")
-                    }
-                    text = line.trimmingBlanks()
-                }
                 do {
-                    publicKey = try SecretKey(z85: text).derivePublicKey()
-                } catch {
+                    if secret == "-" {
+                        publicKey = try Self.deriveFromStandardInput()
+                    } else {
+                        publicKey = try SecretKey(z85: secret.trimmingBlanks()).derivePublicKey()
+                    }
+                } catch let error as KeyError {
                     // Never echo any part of a secret, even an invalid one.
                     let reason = error.code == .badEncoding ? "it is not valid Z85" : error.message
                     throw CLIError("the secret key is not usable: \(reason)")
@@ -70,6 +68,31 @@ extension Keygen {
                 print(publicKey.z85)
             }
         }
+    }
+}
+
+extension Keygen.Derive {
+    /// Reads the first line of standard input into a fixed buffer, decodes the key from it in
+    /// place and wipes the buffer: no `String` copy of the secret is made (`readLine` would).
+    static func deriveFromStandardInput() throws -> PublicKey {
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        defer { buffer.withUnsafeMutableBytes { raw in raw.baseAddress.map { explicit_bzero($0, raw.count) } } }
+        var count = 0
+        while count < buffer.count && !buffer[..<count].contains(0x0A) {
+            let got = buffer.withUnsafeMutableBytes { Glibc.read(0, $0.baseAddress! + count, $0.count - count) }
+            if got < 0 && errno == EINTR { continue }
+            guard got > 0 else { break }
+            count += got
+        }
+        var line = buffer[..<count]
+        if let newline = line.firstIndex(of: 0x0A) { line = line[..<newline] }
+        let blanks: Set<UInt8> = [0x20, 0x09, 0x0D, 0x0B, 0x0C]
+        while let first = line.first, blanks.contains(first) { line = line.dropFirst() }
+        while let last = line.last, blanks.contains(last) { line = line.dropLast() }
+        guard !line.isEmpty else {
+            throw CLIError("--secret -: standard input is empty; pipe the 40-character Z85 secret key in")
+        }
+        return try SecretKey(z85UTF8: line).derivePublicKey()
     }
 }
 

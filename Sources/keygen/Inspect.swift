@@ -52,14 +52,16 @@ extension Keygen {
                     metadata: Dictionary(certificate.metadata.pairs, uniquingKeysWith: { first, _ in first }),
                     warnings: warnings))
             } else {
-                print("file:        \(file)")
+                // Parsing refuses non-printable metadata; escaping here keeps that true of the
+                // file name too, and of anything a future format lets through.
+                print("file:        \(PeerText.escaped(file))")
                 print("format:      \(certificate.format)")
                 print("public key:  \(certificate.publicKey.z85)")
                 print("fingerprint: \(certificate.publicKey.fingerprint)")
                 print("secret key:  \(certificate.hasSecretKey ? "present (not shown)" : "none (public certificate)")")
                 print(certificate.metadata.isEmpty ? "metadata:    none" : "metadata:")
                 for (name, value) in certificate.metadata {
-                    print("    \(name) = \"\(value)\"")
+                    print("    \(PeerText.escaped(name)) = \"\(PeerText.escaped(value))\"")
                 }
             }
             for warning in warnings { printError("warning: \(warning)") }

@@ -105,6 +105,29 @@ import Testing
         }
     }
 
+    @Test(arguments: ["\u{202E}gnp.exe", "a\u{85}b", "zero\u{200B}width"])
+    func refusesNonPrintableMetadataWithTheLine(_ value: String) throws {
+        try withScratchDirectory { keygen, dir in
+            let key = KeyPair.generate().publicKey
+            try "metadata\n    name = \"\(value)\"\ncurve\n    public-key = \"\(key.z85)\"\n"
+                .write(toFile: dir + "/evil.key", atomically: true, encoding: .utf8)
+            let result = try keygen.run("inspect", "evil.key")
+            #expect(result.status == 1)
+            #expect(result.stderr.hasPrefix("Error: evil.key:2: the value of 'name' contains U+"), "\(result.stderr)")
+            #expect(!result.stderr.unicodeScalars.contains { $0.value == 0x202E || $0.value == 0x85 || $0.value == 0x200B })
+            #expect(result.stdout.isEmpty)
+        }
+    }
+
+    @Test func refusesNewWithNonPrintableMetadata() throws {
+        try withScratchDirectory { keygen, dir in
+            let result = try keygen.run("new", "w", "--meta", "note=\u{202E}txt")
+            #expect(result.status != 0)
+            #expect(result.stderr.contains("U+202E"))
+            #expect(try visibleFiles(dir).isEmpty)
+        }
+    }
+
     @Test func warnsAboutAReadableSecret() throws {
         try withScratchDirectory { keygen, dir in
             try keygen.run("new", "w")
@@ -235,6 +258,66 @@ import Testing
             #expect(problems.contains { $0.contains("./broken.key:4:") && $0.contains("40 characters") })
             #expect(problems.contains { $0.contains("./w.key_secret") && $0.contains("does not belong in an allowlist") })
             #expect(result.stderr.contains("Error: 2 problems in ."))
+        }
+    }
+
+    @Test func listsRenamedFilesAsSkippedAndRefusesLinksLooseModesAndControls() throws {
+        try withScratchDirectory { keygen, dir in
+            try FileManager.default.createDirectory(atPath: dir + "/allowed", withIntermediateDirectories: false)
+            for name in ["good", "revoked", "backup", "linked", "loose"] {
+                try keygen.run("new", name, "--role", "worker", "--dir", "allowed")
+                try FileManager.default.removeItem(atPath: "\(dir)/allowed/\(name).key_secret")
+            }
+            let revoked = try Certificate.load(path: dir + "/allowed/revoked.key").publicKey
+            #expect(rename(dir + "/allowed/revoked.key", dir + "/allowed/revoked.key.revoked") == 0)
+            #expect(rename(dir + "/allowed/backup.key", dir + "/allowed/backup.key~") == 0)
+            #expect(rename(dir + "/allowed/linked.key", dir + "/linked.key") == 0)
+            try FileManager.default.createSymbolicLink(atPath: dir + "/allowed/linked.key", withDestinationPath: dir + "/linked.key")
+            #expect(chmod(dir + "/allowed/loose.key", 0o664) == 0)
+            let key = try Certificate.load(path: dir + "/allowed/good.key").publicKey.z85
+            try "curve\n    public-key = \"\(key)\"\nmetadata\n    name = \"\u{202E}reversed\"\n"
+                .write(toFile: dir + "/allowed/bidi.key", atomically: true, encoding: .utf8)
+            try "# not a certificate\n".write(toFile: dir + "/allowed/README.md", atomically: true, encoding: .utf8)
+
+            let result = try keygen.run("check", "allowed")
+            #expect(result.status == 1)
+            let out = result.stdout.split(separator: "\n").map(String.init)
+            // Only the good file is an entry; the renamed ones are listed as skipped, with the reason.
+            #expect(out.filter { $0.hasSuffix(".key") || $0.contains(".key~") || $0.contains(".revoked") }
+                .filter { !$0.hasPrefix("skipped: ") } == out.filter { $0.hasPrefix("good ") })
+            #expect(!result.stdout.contains(revoked.fingerprint))
+            for name in ["backup.key~", "revoked.key.revoked", "README.md"] {
+                #expect(out.contains { $0.hasPrefix("skipped: allowed/\(name): not a certificate name") }, "\(result.stdout)")
+            }
+            let problems = result.stderr.split(separator: "\n").filter { $0.hasPrefix("problem: ") }
+            #expect(problems.count == 3, "\(result.stderr)")
+            #expect(problems.contains { $0.contains("allowed/linked.key: is a symbolic link") })
+            #expect(problems.contains { $0.contains("allowed/loose.key: the allowlist file is writable by its group") && $0.contains("chmod go-w allowed/loose.key") })
+            #expect(problems.contains { $0.contains("allowed/bidi.key:4:") && $0.contains("U+202E") })
+            #expect(!result.stdout.unicodeScalars.contains("\u{202E}") && !result.stderr.unicodeScalars.contains("\u{202E}"))
+            #expect(result.stderr.contains("Error: 3 problems in allowed"))
+        }
+    }
+
+    @Test func aDirectoryWithNoValidKeyFails() throws {
+        try withScratchDirectory { keygen, dir in
+            try FileManager.default.createDirectory(atPath: dir + "/allowed", withIntermediateDirectories: false)
+            try "notes\n".write(toFile: dir + "/allowed/w.key.revoked", atomically: true, encoding: .utf8)
+            let result = try keygen.run("check", "allowed")
+            #expect(result.status == 1)
+            #expect(result.stdout.contains("no entries in allowed: nobody is allowed in"))
+            #expect(result.stdout.contains("skipped: allowed/w.key.revoked"))
+            #expect(result.stderr.contains("problem: allowed: yields no valid public certificate"))
+        }
+    }
+
+    @Test func aGroupWritableDirectoryIsAnError() throws {
+        try withScratchDirectory { keygen, dir in
+            try FileManager.default.createDirectory(atPath: dir + "/allowed", withIntermediateDirectories: false)
+            #expect(chmod(dir + "/allowed", 0o777) == 0)
+            let result = try keygen.run("check", "allowed")
+            #expect(result.status == 1)
+            #expect(result.stderr.hasPrefix("Error: allowed: the allowlist directory is writable by its group and other users"), "\(result.stderr)")
         }
     }
 

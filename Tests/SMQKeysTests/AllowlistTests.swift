@@ -101,11 +101,12 @@ import Testing
             #expect(list.entry(for: client)?.role == .client)
             #expect(list.entry(for: KeyPair.generate().publicKey) == nil)
             #expect(list.generation == 1)
+            #expect(list.skipped.map(\.path) == [dir + "/subdir"])
 
             let problems = Dictionary(uniqueKeysWithValues: list.problems.map { ($0.path, $0) })
             #expect(problems.count == 6)
             #expect(problems[dir + "/g-fifo.key"]?.code == .io)
-            #expect(problems[dir + "/h-dangling.key"]?.code == .notFound)
+            #expect(problems[dir + "/h-dangling.key"]?.code == .symbolicLink)
             #expect(problems[dir + "/c-copy.key"]?.code == .duplicateKey)
             #expect(problems[dir + "/c-copy.key"]?.message.contains(dir + "/a-worker.key") == true)
             #expect(problems[dir + "/d-garbage.key"]?.code == .syntax)
@@ -181,45 +182,274 @@ import Testing
         }
     }
 
-    @Test func nothingParsingKeepsThePreviousSet() throws {
+    @Test func aDirectoryWithNoValidKeyAdmitsNoOne() throws {
         try withTemporaryDirectory { dir in
             let logs = CapturedLogs()
             let key = try addPeer(dir, "w.key")
             let list = try Allowlist(directory: dir, logger: logs.logger)
+            #expect(list.failure == nil)
             try writeFile(dir + "/w.key", "garbage without structure =\n")
 
             let report = try #require(list.reloadIfChanged())
-            #expect(report.keptPrevious)
-            #expect(!report.hasChanges)
-            #expect(report.problems.contains { $0.code == .nothingLoaded && $0.path == dir })
+            #expect(report.admitsNoOne && report.entryCount == 0)
+            #expect(report.removed.map(\.publicKey) == [key])
+            #expect(report.failure?.code == .nothingLoaded)
+            #expect(report.failure?.path == dir)
             #expect(report.problems.contains { $0.code == .syntax && $0.path == dir + "/w.key" })
-            #expect(list.entry(for: key) != nil)
-            #expect(list.generation == 1)
-            #expect(logs.records.contains { $0.level == .error && $0.metadata["directory"] == dir })
+            #expect(list.entry(for: key) == nil)
+            #expect(list.entries.isEmpty)
+            #expect(list.generation == 2)
+            #expect(list.failure?.code == .nothingLoaded)
+            let loud = logs.records.filter { $0.level == .error && $0.message == "the allowlist admits no one" }
+            #expect(loud.count == 1)
+            #expect(loud.first?.metadata["directory"] == dir)
+            #expect(loud.first?.metadata["reason"]?.contains("no valid public certificate") == true)
             // The same broken content is not reported again on every poll.
             #expect(list.reloadIfChanged() == nil)
+            #expect(logs.records.filter { $0.level >= .warning }.count == 2)
 
-            // Fixing the file is picked up.
+            // Fixing it is picked up.
             let fixed = try addPeer(dir, "x.key")
             let recovered = try #require(list.reloadIfChanged())
             #expect(recovered.added.map(\.publicKey) == [fixed])
-            #expect(recovered.removed.map(\.publicKey) == [key])
+            #expect(recovered.failure == nil && !recovered.admitsNoOne)
+            #expect(list.failure == nil)
         }
     }
 
-    @Test func unreadableDirectoryKeepsThePreviousSet() throws {
+    @Test func aREADMEAloneAdmitsNoOne() throws {
+        // The issue's case: the last key removed while a README sits in the directory.
+        try withTemporaryDirectory { dir in
+            let key = try addPeer(dir, "w.key")
+            try writeFile(dir + "/README", "Public certificates of the peers we let in.\n")
+            let list = try Allowlist(directory: dir, logger: CapturedLogs().logger)
+            #expect(list.entry(for: key) != nil)
+            // An extension-less name is read as a CZMQ certificate: README does not parse.
+            #expect(list.problems.map(\.path) == [dir + "/README"])
+            #expect(list.problems.first?.code == .syntax)
+
+            try FileManager.default.removeItem(atPath: dir + "/w.key")
+            let report = try #require(list.reloadIfChanged())
+            #expect(report.removed.map(\.publicKey) == [key])
+            #expect(report.failure?.code == .nothingLoaded)
+            #expect(list.entries.isEmpty)
+        }
+    }
+
+    @Test func anUnreadableDirectoryAdmitsNoOne() throws {
         try withTemporaryDirectory { parent in
             let dir = parent + "/allowed"
-            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: false)
+            try makeDirectory(dir)
             let key = try addPeer(dir, "w.key")
-            let list = try Allowlist(directory: dir, logger: CapturedLogs().logger)
+            let logs = CapturedLogs()
+            let list = try Allowlist(directory: dir, logger: logs.logger)
             try FileManager.default.removeItem(atPath: dir)
 
             let report = list.reload()
-            #expect(report.keptPrevious)
-            #expect(report.problems.first?.code == .notFound)
-            #expect(list.entry(for: key) != nil)
+            #expect(report.admitsNoOne)
+            #expect(report.removed.map(\.publicKey) == [key])
+            #expect(report.failure?.code == .notFound)
+            #expect(list.entry(for: key) == nil)
+            #expect(list.generation == 2)
+            #expect(logs.records.contains { $0.level == .error && $0.message == "the allowlist admits no one" && $0.metadata["reason"] == "does not exist" })
             #expect(list.reloadIfChanged() == nil)
+
+            // A path that is not a directory (chmod 000 does not stop root): also nobody.
+            try writeFile(dir, "not a directory")
+            let file = try #require(list.reloadIfChanged())
+            #expect(file.failure?.code == .io)
+            #expect(file.failure?.message.contains("is not a directory") == true)
+            #expect(list.entries.isEmpty)
+
+            // The directory back, with the key: admitted again.
+            try FileManager.default.removeItem(atPath: dir)
+            try makeDirectory(dir)
+            try Certificate(publicKey: key).save(directory: dir, name: "w")
+            let back = try #require(list.reloadIfChanged())
+            #expect(back.added.map(\.publicKey) == [key])
+            #expect(list.failure == nil)
+        }
+    }
+
+    /// pyzmq's layout (`w.key`) and CZMQ's (`w`): adding a suffix disables the file.
+    @Test(arguments: [("w.key", "w.key.revoked"), ("w.key", "w.key~"), ("w.key", "w.key.bak"), ("w", "w.revoked"), ("w", "w~"), ("w", "#w#")])
+    func renamingAKeyFileRevokesIt(_ name: String, _ renamed: String) throws {
+        try withTemporaryDirectory { dir in
+            let logs = CapturedLogs()
+            let keep = try addPeer(dir, "other.key")
+            let key = KeyPair.generate().publicKey
+            try writeFile(dir + "/" + name, publicFileText(key, metadataLines: ["    role = \"worker\""]))
+            let list = try Allowlist(directory: dir, logger: logs.logger)
+            #expect(list.entry(for: key)?.role == .worker)
+            #expect(list.skipped.isEmpty)
+
+            #expect(rename(dir + "/" + name, dir + "/" + renamed) == 0)
+            let report = try #require(list.reloadIfChanged())
+            #expect(report.removed.map(\.publicKey) == [key])
+            #expect(report.skipped.map(\.path) == [dir + "/" + renamed])
+            #expect(report.skipped.first?.code == .notACertificate)
+            #expect(report.problems.isEmpty)
+            #expect(list.entry(for: key) == nil)
+            #expect(list.entry(for: keep) != nil)
+            #expect(list.skipped.map(\.path) == [dir + "/" + renamed])
+
+            // Logged once, by the reload that saw it; not again on every poll.
+            #expect(list.reloadIfChanged() == nil)
+            let notes = logs.records.filter { $0.message == "skipping an allowlist entry that is not a certificate" }
+            #expect(notes.count == 1)
+            #expect(notes.first?.metadata["file"] == dir + "/" + renamed)
+        }
+    }
+
+    @Test func namesThatAreNotCertificatesAreSkippedAndListed() throws {
+        try withTemporaryDirectory { dir in
+            let key = try addPeer(dir, "w.key")
+            let czmq = KeyPair.generate().publicKey
+            try writeFile(dir + "/czmq-peer_1", publicFileText(czmq))
+            for name in ["w.key~", "README.md", "x.bak", "#x#", "notes.txt"] {
+                try writeFile(dir + "/" + name, publicFileText(KeyPair.generate().publicKey))
+            }
+            try writeFile(dir + "/.swap", "ignored")
+            try FileManager.default.createDirectory(atPath: dir + "/archive", withIntermediateDirectories: false)
+            let list = try Allowlist(directory: dir, logger: CapturedLogs().logger)
+            #expect(Set(list.entries.map(\.publicKey)) == [key, czmq])
+            #expect(list.problems.isEmpty)
+            let skipped = Dictionary(uniqueKeysWithValues: list.skipped.map { ($0.path.dropFirst(dir.count + 1), $0) })
+            #expect(Set(skipped.keys) == ["w.key~", "README.md", "x.bak", "#x#", "notes.txt", "archive"])
+            #expect(skipped["archive"]?.message.contains("is a directory") == true)
+            #expect(skipped["w.key~"]?.message.contains("not a certificate name") == true)
+        }
+    }
+
+    @Test(arguments: [("w.key", true), ("w", true), ("worker-1_b+c", true), ("a.b.key", true), ("w.key.revoked", false),
+                      ("w.key~", false), ("w~", false), ("#w#", false), ("README.md", false), (".key", false), ("-w", false),
+                      ("w.key_secret", false), ("w_secret", false), (".w.key", false), ("", false), ("w x", false)])
+    func certificateFileNameRule(_ name: String, _ isCertificate: Bool) {
+        #expect(Allowlist.isCertificateFileName(name) == isCertificate)
+    }
+
+    @Test func symbolicLinksAreRefused() throws {
+        try withTemporaryDirectory { parent in
+            let dir = parent + "/allowed"
+            try makeDirectory(dir)
+            let good = try addPeer(dir, "good.key")
+            let linked = try addPeer(parent, "elsewhere.key")
+            try FileManager.default.createSymbolicLink(atPath: dir + "/linked.key", withDestinationPath: parent + "/elsewhere.key")
+            let logs = CapturedLogs()
+            let list = try Allowlist(directory: dir, logger: logs.logger)
+            #expect(list.entries.map(\.publicKey) == [good])
+            #expect(list.entry(for: linked) == nil)
+            let problem = try #require(list.problems.first)
+            #expect(list.problems.count == 1)
+            #expect(problem.code == .symbolicLink)
+            #expect(problem.path == dir + "/linked.key")
+            #expect(problem.message.contains("is a symbolic link"))
+            #expect(logs.records.contains { $0.level == .warning && $0.metadata["file"] == dir + "/linked.key" && $0.metadata["reason"]?.contains("is a symbolic link") == true })
+        }
+    }
+
+    @Test(arguments: [(mode_t(0o664), "its group"), (0o646, "other users"), (0o666, "its group and other users")])
+    func writableByOthersIsRefused(_ mode: mode_t, _ who: String) throws {
+        try withTemporaryDirectory { dir in
+            let good = try addPeer(dir, "good.key")
+            let loose = try addPeer(dir, "loose.key")
+            #expect(chmod(dir + "/loose.key", mode) == 0)
+            let list = try Allowlist(directory: dir, logger: CapturedLogs().logger)
+            #expect(list.entries.map(\.publicKey) == [good])
+            #expect(list.entry(for: loose) == nil)
+            let problem = try #require(list.problems.first)
+            #expect(problem.code == .insecurePermissions)
+            #expect(problem.message.contains("writable by \(who)"))
+            #expect(problem.message.contains("chmod go-w \(dir)/loose.key"))
+
+            // Fixing the mode is noticed (no content changed) and lets it in.
+            #expect(chmod(dir + "/loose.key", 0o644) == 0)
+            let report = try #require(list.reloadIfChanged())
+            #expect(report.added.map(\.publicKey) == [loose])
+        }
+    }
+
+    @Test func aWritableDirectoryIsRefusedAndAdmitsNoOne() throws {
+        try withTemporaryDirectory { parent in
+            let dir = parent + "/allowed"
+            try makeDirectory(dir)
+            #expect(chmod(dir, 0o755) == 0)
+            let key = try addPeer(dir, "w.key")
+            let list = try Allowlist(directory: dir, logger: CapturedLogs().logger)
+            #expect(list.entry(for: key) != nil)
+
+            #expect(chmod(dir, 0o775) == 0)
+            let report = try #require(list.reloadIfChanged())
+            #expect(report.failure?.code == .insecurePermissions)
+            #expect(report.failure?.message.contains("allowlist directory is writable by its group") == true)
+            #expect(report.removed.map(\.publicKey) == [key])
+            #expect(list.entries.isEmpty)
+
+            // At start-up it is an error the CLI reports.
+            let error = try #require(throws: CertificateError.self) { _ = try Allowlist(directory: dir) }
+            #expect(error.code == .insecurePermissions)
+        }
+    }
+
+    @Test(.enabled(if: geteuid() == 0, "only root can give a file to another user"))
+    func aFileOwnedByAnotherUserIsRefused() throws {
+        try withTemporaryDirectory { dir in
+            let good = try addPeer(dir, "good.key")
+            try addPeer(dir, "theirs.key")
+            #expect(chown(dir + "/theirs.key", 4242, 4242) == 0)
+            let list = try Allowlist(directory: dir, logger: CapturedLogs().logger)
+            #expect(list.entries.map(\.publicKey) == [good])
+            let problem = try #require(list.problems.first)
+            #expect(problem.code == .untrustedOwner)
+            #expect(problem.message.contains("uid 4242"))
+        }
+    }
+
+    @Test(arguments: [("U+202E", "a\u{202E}b"), ("U+85", "a\u{85}b"), ("U+200B", "a\u{200B}b"), ("U+2028", "a\u{2028}b")])
+    func aNameWithControlsOrBidiOverridesIsRefusedWithItsLine(_ shown: String, _ value: String) throws {
+        try withTemporaryDirectory { dir in
+            let key = KeyPair.generate().publicKey
+            try writeFile(dir + "/evil.key", publicFileText(key, metadataLines: ["    name = \"\(value)\""]))
+            let good = try addPeer(dir, "good.key")
+            let logs = CapturedLogs()
+            let list = try Allowlist(directory: dir, logger: logs.logger)
+            #expect(list.entries.map(\.publicKey) == [good])
+            let problem = try #require(list.problems.first)
+            #expect(problem.code == .invalidMetadata)
+            #expect(problem.line == 2)
+            #expect(problem.message.contains(shown))
+            #expect(problem.message.contains("printable"))
+            // Nothing raw reaches a log line.
+            for record in logs.records {
+                for text in [record.message] + Array(record.metadata.values) {
+                    #expect(!text.unicodeScalars.contains { $0.value == 0x202E || $0.value == 0x85 || $0.value == 0x200B || $0.value == 0x2028 })
+                }
+            }
+        }
+    }
+
+    @Test func anEscInANameIsRefusedWithItsLine() throws {
+        try withTemporaryDirectory { dir in
+            try writeFile(dir + "/evil.key", publicFileText(KeyPair.generate().publicKey, metadataLines: ["    name = \"\u{1B}[2Jgone\""]))
+            let list = try Allowlist(directory: dir, logger: CapturedLogs().logger)
+            let problem = try #require(list.problems.first { $0.path == dir + "/evil.key" })
+            #expect(problem.line == 2)
+            #expect(problem.message.contains("control character byte 0x1B"))
+        }
+    }
+
+    @Test func fileNamesInLogsAndProblemsAreEscaped() throws {
+        try withTemporaryDirectory { dir in
+            let name = "evil\nforged line \u{1B}[31m.key"
+            try writeFile(dir + "/" + name, "not a certificate\n")
+            let logs = CapturedLogs()
+            let list = try Allowlist(directory: dir, logger: logs.logger)
+            let problem = try #require(list.problems.first { $0.code == .syntax })
+            #expect(problem.path == dir + "/" + name)
+            #expect(problem.description.contains("evil\\nforged line \\u{1B}[31m.key"))
+            #expect(!problem.description.contains("\n") && !problem.description.contains("\u{1B}"))
+            let record = try #require(logs.records.first { $0.level == .warning })
+            #expect(record.metadata["file"] == dir + "/evil\\nforged line \\u{1B}[31m.key")
         }
     }
 
@@ -230,6 +460,7 @@ import Testing
             try FileManager.default.removeItem(atPath: dir + "/w.key")
             let report = try #require(list.reloadIfChanged())
             #expect(report.removed.map(\.publicKey) == [key])
+            #expect(report.failure?.message.contains("it is empty") == true)
             #expect(list.entries.isEmpty)
         }
     }
@@ -245,6 +476,7 @@ import Testing
             let list = try Allowlist(directory: dir)
             #expect(list.entries.isEmpty)
             #expect(list.problems.contains { $0.code == .nothingLoaded })
+            #expect(list.failure?.code == .nothingLoaded)
         }
     }
 

@@ -241,8 +241,11 @@ import Testing
 @Suite struct CertificatePermissionTests {
     @Test func secretIsWritten0600AndPublic0644() throws {
         try withTemporaryDirectory { dir in
-            // Whatever the umask, the modes are exact.
-            let old = umask(0o000)
+            // Whatever the umask, the modes are exact. 077 is the umask that would change them
+            // (a mode taken from open(2) would lose the public file's 0044); and it is the safe
+            // one to set in a process whose other tests run meanwhile: umask 000 would make their
+            // allowlist directories world-writable, which the allowlist rightly refuses.
+            let old = umask(0o077)
             defer { umask(old) }
             let paths = try Certificate(keyPair: .generate()).save(directory: dir, name: "b")
             #expect(try permissions(of: try #require(paths.secretPath)) == 0o600)

@@ -32,6 +32,12 @@ func writeFile(_ path: String, _ text: String, mode: mode_t = 0o644) throws {
     guard chmod(path, mode) == 0 else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
 }
 
+/// Makes a directory of mode 0755 exactly, whatever the umask (an allowlist directory that others
+/// can write is refused).
+func makeDirectory(_ path: String) throws {
+    guard mkdir(path, 0o755) == 0, chmod(path, 0o755) == 0 else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
+}
+
 func readFile(_ path: String) throws -> String {
     try String(contentsOfFile: path, encoding: .utf8)
 }

@@ -21,3 +21,48 @@ import Testing
         #expect(throws: KeyError.self) { _ = try PublicKey(z85: String(repeating: "0", count: 40)) }
     }
 }
+
+/// The in-place paths that secret keys take (no String, no reallocation): same results as the
+/// public ones.
+@Suite struct InPlaceSecretPathTests {
+    @Test func decodingFromBytesMatchesDecodingText() throws {
+        let pair = KeyPair.generate()
+        let text = pair.secretKey.z85Text
+        let file = Array("    secret-key = \"\(text)\"\n".utf8)
+        let start = try #require(file.firstIndex(of: UInt8(ascii: "\""))) + 1
+        var out = [UInt8]()
+        try Z85.decode(utf8: file[start..<start + 40], into: &out)
+        #expect(out == (try Z85.decode(text)))
+        let key = try SecretKey(z85UTF8: file[start..<start + 40])
+        #expect(try key.derivePublicKey() == pair.publicKey)
+        #expect(throws: KeyError.self) { _ = try SecretKey(z85UTF8: file[start..<start + 39]) }
+        let error = try #require(throws: KeyError.self) { _ = try SecretKey(z85UTF8: Array(("~" + text.dropFirst()).utf8)) }
+        #expect(error.code == .badEncoding)
+    }
+
+    @Test func encodingIntoAPresizedBufferMatchesEncode() throws {
+        let pair = KeyPair.generate()
+        var out = [UInt8]()
+        out.reserveCapacity(40)
+        pair.secretKey.appendZ85(to: &out)
+        #expect(String(decoding: out, as: UTF8.self) == pair.secretKey.z85Text)
+    }
+
+    @Test func appendingPastCapacityKeepsEveryByte() {
+        var bytes = [UInt8]()
+        bytes.reserveCapacity(3)
+        bytes.append(contentsOf: [1, 2, 3])
+        FileIO.appendWiping([4, 5, 6, 7, 8][...], to: &bytes)
+        FileIO.appendWiping([9][...], to: &bytes)
+        #expect(bytes == [1, 2, 3, 4, 5, 6, 7, 8, 9])
+    }
+
+    @Test func aSecretFileRendersTheKeyLineLast() throws {
+        let pair = KeyPair.generate()
+        let bytes = Certificate(keyPair: pair, metadata: ["name": "w"]).render(secret: true, name: "w")
+        let text = String(decoding: bytes, as: UTF8.self)
+        #expect(text.hasSuffix("    public-key = \"\(pair.publicKey.z85)\"\n    secret-key = \"\(pair.secretKey.z85Text)\"\n"))
+        let parsed = try Certificate.parse(bytes, path: "w.key_secret", secretFile: true)
+        #expect(try parsed.keyPair().publicKey == pair.publicKey)
+    }
+}

@@ -1,3 +1,5 @@
+internal import SMQProtocol
+
 /// One peer the broker lets in, and the policy its certificate's metadata sets.
 public struct AllowlistEntry: Sendable, Hashable, CustomStringConvertible {
     public let publicKey: PublicKey
@@ -27,6 +29,10 @@ public struct AllowlistEntry: Sendable, Hashable, CustomStringConvertible {
         let path = path ?? certificate.path
         func fail(_ message: String) -> CertificateError { CertificateError(.invalidPolicy, path: path, message) }
         let metadata = certificate.metadata
+        // Parsing already refuses these; a certificate made in memory has not been parsed.
+        for (field, value) in metadata.pairs where !PeerText.isPrintable(value) {
+            throw fail("metadata '\(field)' holds a control or invisible formatting character ('\(PeerText.escaped(value))'): values must be printable text")
+        }
 
         if let text = metadata["role"] {
             guard let role = PeerRole(rawValue: text) else {
@@ -80,7 +86,7 @@ public struct AllowlistEntry: Sendable, Hashable, CustomStringConvertible {
     }
 
     public var description: String {
-        "\(name) (\(publicKey.fingerprint)…, role: \(role?.rawValue ?? "default"), weight: \(weight)\(path.map { ", \($0)" } ?? ""))"
+        "\(name) (\(publicKey.fingerprint)…, role: \(role?.rawValue ?? "default"), weight: \(weight)\(path.map { ", \(PeerText.escaped($0))" } ?? ""))"
     }
 }
 

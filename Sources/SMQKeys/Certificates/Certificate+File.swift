@@ -70,11 +70,13 @@ extension Certificate {
         var section: String?
         var metadata = CertificateMetadata()
         var metadataLines: [String: Int] = [:]
-        var keyTexts: [String: (text: String, line: Int)] = [:]
+        // Where each key's text sits in `bytes`: never copied out, so the caller's wipe of
+        // `bytes` is the only copy of a secret key's text to wipe.
+        var keyTexts: [String: (range: Range<Int>, line: Int)] = [:]
         for line in document.lines {
             switch line.level {
             case 0:
-                if let value = line.value, !value.isEmpty {
+                if let range = line.valueRange, !range.isEmpty {
                     throw fail(.syntax, line.number, "'\(line.name) = …' at the top level: a certificate has only the sections 'metadata' and 'curve', with their properties indented by 4 spaces")
                 }
                 guard line.name == "metadata" || line.name == "curve" else {
@@ -86,10 +88,17 @@ extension Certificate {
                 sectionLines[line.name] = line.number
                 section = line.name
             case 1:
-                guard let value = line.value else {
+                guard let range = line.valueRange else {
                     throw fail(.syntax, line.number, "'\(line.name)' has no value: write \(line.name) = \"…\"")
                 }
                 if section == "metadata" {
+                    do {
+                        // The name first: a misplaced secret-key line must not become a String.
+                        try CertificateMetadata.validate(name: line.name, value: "")
+                    } catch {
+                        throw fail(error.code, line.number, error.message)
+                    }
+                    let value = String(decoding: bytes[range], as: UTF8.self)
                     do {
                         try CertificateMetadata.validate(name: line.name, value: value)
                     } catch {
@@ -107,7 +116,7 @@ extension Certificate {
                     if let first = keyTexts[line.name] {
                         throw fail(.syntax, line.number, "a second \(line.name) (the first is on line \(first.line))")
                     }
-                    keyTexts[line.name] = (value, line.number)
+                    keyTexts[line.name] = (range, line.number)
                 }
             default:
                 throw fail(.syntax, line.number, "'\(line.name)' is nested too deep: properties sit one level (4 spaces) under 'metadata' or 'curve'")
@@ -119,7 +128,7 @@ extension Certificate {
         }
         let publicKey: PublicKey
         do {
-            publicKey = try PublicKey(z85: publicText.text)
+            publicKey = try PublicKey(z85: String(decoding: bytes[publicText.range], as: UTF8.self))
         } catch {
             throw fail(.invalidKey, publicText.line, "public-key: \(keyMessage(error))")
         }
@@ -131,7 +140,7 @@ extension Certificate {
             }
             let secret: SecretKey
             do {
-                secret = try SecretKey(z85: secretText.text)
+                secret = try SecretKey(z85UTF8: bytes[secretText.range])
             } catch {
                 // Z85 messages quote the offending character; none of a secret goes into an error.
                 let message = error.code == .badEncoding ? "the secret-key is not valid Z85" : keyMessage(error)
@@ -224,9 +233,19 @@ extension Certificate {
                 "   Give this file to the peers that must trust this key: it holds no secret.",
             ]
         }
-        var curve = [(name: "public-key", value: publicKey.z85)]
-        if secret, let secretKey { curve.append((name: "secret-key", value: secretKey.z85Text)) }
-        return ZPL.render(comments: comments, sections: [("metadata", metadata.pairs), ("curve", curve)])
+        let curve = [(name: "public-key", value: publicKey.z85)]
+        let text = ZPL.render(comments: comments, sections: [("metadata", metadata.pairs), ("curve", curve)])
+        guard secret, let secretKey else { return text }
+        // The secret-key line goes last, Z85-encoded straight into a buffer sized for it up front
+        // (so it never reallocates and leaves a copy behind); the caller wipes that buffer.
+        let opening = Array("    secret-key = \"".utf8)
+        var out = [UInt8]()
+        out.reserveCapacity(text.count + opening.count + 40 + 2)
+        out.append(contentsOf: text)
+        out.append(contentsOf: opening)
+        secretKey.appendZ85(to: &out)
+        out.append(contentsOf: "\"\n".utf8)
+        return out
     }
 
     /// Checks a certificate base name: one path component a person can type.

@@ -1,3 +1,5 @@
+internal import SMQProtocol
+
 /// Why a certificate file, its metadata or an allowlist entry was refused.
 ///
 /// Every error names the file (``path``) and, where one line is to blame, the line (``line``), so
@@ -13,7 +15,8 @@ public struct CertificateError: Error, Hashable, Sendable, CustomStringConvertib
         public static let notFound = Code(name: "notFound")
         /// A system call failed (permission denied, not a regular file, disk full, …).
         public static let io = Code(name: "io")
-        /// A secret file that its group or other users can access.
+        /// A secret file that its group or other users can access, or an allowlist file or
+        /// directory that its group or other users can write.
         public static let insecurePermissions = Code(name: "insecurePermissions")
         /// Not ZPL: bad indentation, a missing quote, an unknown section, text after a value.
         public static let syntax = Code(name: "syntax")
@@ -39,8 +42,15 @@ public struct CertificateError: Error, Hashable, Sendable, CustomStringConvertib
         public static let duplicateKey = Code(name: "duplicateKey")
         /// A secret certificate in an allowlist directory.
         public static let secretInAllowlist = Code(name: "secretInAllowlist")
-        /// An allowlist directory with files of which none parsed: the previous set stays in force.
+        /// An allowlist directory that yields no valid public certificate: nobody is admitted.
         public static let nothingLoaded = Code(name: "nothingLoaded")
+        /// An allowlist entry that is a symbolic link (refused: links are never followed there).
+        public static let symbolicLink = Code(name: "symbolicLink")
+        /// An allowlist file or directory owned by neither root nor the user the process runs as.
+        public static let untrustedOwner = Code(name: "untrustedOwner")
+        /// An allowlist entry that the naming rule does not read as a certificate (such as
+        /// `w.key.revoked`, `w.key~`, `notes.txt` or a subdirectory): skipped, not an error.
+        public static let notACertificate = Code(name: "notACertificate")
     }
 
     public let code: Code
@@ -58,9 +68,11 @@ public struct CertificateError: Error, Hashable, Sendable, CustomStringConvertib
         self.message = message
     }
 
-    /// `path:line: message`, or as much of it as is known.
+    /// `path:line: message`, or as much of it as is known. The path is escaped
+    /// (`PeerText.escaped`): a file name can hold a newline or an ESC sequence.
     public var description: String {
-        switch (path, line) {
+        let path = path.map(PeerText.escaped)
+        return switch (path, line) {
         case let (path?, line?): "\(path):\(line): \(message)"
         case let (path?, nil): "\(path): \(message)"
         case let (nil, line?): "line \(line): \(message)"

@@ -1,7 +1,14 @@
+internal import SMQProtocol
+
 /// The `metadata` section of a certificate: ordered `name = value` pairs.
 ///
-/// Names are `[A-Za-z0-9._+-]`; values are any text without `"` or control characters (every
-/// value is written double-quoted, so it can hold `#`, `'` and spaces). The non-throwing
+/// Names are `[A-Za-z0-9._+-]`; values are printable text without `"` (every value is written
+/// double-quoted, so it can hold `#`, `'` and spaces). "Printable" is `PeerText`'s rule: no C0
+/// or C1 control character, no DEL, no Unicode format character (bidi overrides such as U+202E,
+/// zero-width characters), no line or paragraph separator, no private-use or unassigned code
+/// point. A certificate file with such a value is refused when it is parsed, with an error naming
+/// the line, so a name read from a certificate can never carry an escape sequence or reverse the
+/// text of a log line or a terminal. The non-throwing
 /// initialiser and the subscript accept anything; ``Certificate/save(directory:name:overwrite:)``
 /// and ``init(validating:)`` refuse what cannot be written and read back by pyzmq and CZMQ.
 ///
@@ -86,13 +93,20 @@ public struct CertificateMetadata: Sendable, Hashable, Sequence, ExpressibleByDi
         if value.unicodeScalars.contains("\"") {
             throw CertificateError(.invalidMetadata, "the value of '\(name)' contains '\"', which a certificate file cannot hold: remove it")
         }
-        if let bad = value.unicodeScalars.first(where: { $0.value < 0x20 || $0.value == 0x7F }) {
-            throw CertificateError(.invalidMetadata, "the value of '\(name)' contains \(shown(bad)): values are one line of text")
+        if let bad = value.unicodeScalars.first(where: { !isPrintable($0) }) {
+            throw CertificateError(.invalidMetadata, "the value of '\(name)' contains \(shown(bad)), a control or invisible formatting character: values are one line of printable text (names reach log lines and terminals)")
         }
         let lineBytes = 4 + name.utf8.count + 4 + value.utf8.count + 1 + 1
         guard lineBytes <= maximumLineBytes else {
             throw CertificateError(.invalidMetadata, "the value of '\(name)' is \(value.utf8.count) bytes: too long for CZMQ, which reads lines of at most \(maximumLineBytes) bytes; shorten it")
         }
+    }
+
+    /// Printable as `PeerText.escaped` sees it: no C0 or C1 control, DEL, Unicode format
+    /// character (bidi overrides and isolates such as U+202E, zero-width characters, BOM), line
+    /// or paragraph separator, private-use or unassigned code point.
+    static func isPrintable(_ scalar: Unicode.Scalar) -> Bool {
+        PeerText.isPrintable(String(scalar))
     }
 
     static func isNameScalar(_ scalar: Unicode.Scalar) -> Bool {

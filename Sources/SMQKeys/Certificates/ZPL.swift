@@ -11,8 +11,10 @@ enum ZPL {
         /// Indentation level: spaces / 4.
         let level: Int
         let name: String
-        /// nil for a bare name (a section); "" for `name =`.
-        let value: String?
+        /// Where the value sits in the parsed bytes: nil for a bare name (a section), empty for
+        /// `name =`. The value is not copied out, so a secret key's text exists only in the
+        /// caller's buffer, which the caller wipes.
+        let valueRange: Range<Int>?
     }
 
     struct Document: Sendable {
@@ -77,7 +79,8 @@ enum ZPL {
         if let bad = line.first(where: { ($0 < 0x20 && $0 != tab) || $0 == 0x7F }) {
             throw fail("control character \(shown(bad)) in the line")
         }
-        guard String(validating: line, as: UTF8.self) != nil else { throw fail("the line is not valid UTF-8") }
+        // Validated in place: a String made of the line would copy a secret key's text.
+        guard isValidUTF8(line) else { throw fail("the line is not valid UTF-8") }
 
         var index = line.startIndex
         while index < line.endIndex && line[index] == space { index += 1 }
@@ -105,14 +108,14 @@ enum ZPL {
 
         index = skipBlanks(line, from: index)
         if index == line.endIndex || line[index] == hash {
-            return Line(number: number, level: level, name: name, value: nil)
+            return Line(number: number, level: level, name: name, valueRange: nil)
         }
         guard line[index] == equals else {
             throw fail("expected '=' or the end of the line after '\(name)', found \(shown(line[index]))")
         }
         index = skipBlanks(line, from: index + 1)
         if index == line.endIndex {
-            return Line(number: number, level: level, name: name, value: "")
+            return Line(number: number, level: level, name: name, valueRange: index..<index)
         }
         let quote = line[index]
         if quote == doubleQuote || quote == singleQuote {
@@ -125,7 +128,7 @@ enum ZPL {
                 // Not quoted back: on a secret-key line it could be part of the secret.
                 throw fail("unexpected text after the quoted value of '\(name)' (only a # comment may follow)")
             }
-            return Line(number: number, level: level, name: name, value: text(line[valueStart..<close]))
+            return Line(number: number, level: level, name: name, valueRange: valueStart..<close)
         }
         // A bare value runs to a comment; trailing blanks are not part of it. A '#' glued to the
         // value (`a#b`) is ambiguous: CZMQ cuts the value there without a word, we ask for quotes.
@@ -134,7 +137,20 @@ enum ZPL {
             throw fail("the unquoted value of '\(name)' contains '#', which ZPL reads as the start of a comment: put the value in double quotes, or a space before a comment")
         }
         while valueEnd > index && (line[valueEnd - 1] == space || line[valueEnd - 1] == tab) { valueEnd -= 1 }
-        return Line(number: number, level: level, name: name, value: text(line[index..<valueEnd]))
+        return Line(number: number, level: level, name: name, valueRange: index..<valueEnd)
+    }
+
+    /// Whether the bytes are well-formed UTF-8, checked without copying them.
+    private static func isValidUTF8(_ bytes: ArraySlice<UInt8>) -> Bool {
+        var iterator = bytes.makeIterator()
+        var parser = Unicode.UTF8.ForwardParser()
+        while true {
+            switch parser.parseScalar(from: &iterator) {
+            case .valid: continue
+            case .emptyInput: return true
+            case .error: return false
+            }
+        }
     }
 
     private static func skipBlanks(_ line: ArraySlice<UInt8>, from start: Int) -> Int {

@@ -8,43 +8,85 @@ enum FileIO {
     static let regularType: UInt32 = 0o100000
     static let directoryType: UInt32 = 0o040000
 
-    /// A file's bytes and its permission bits, as seen through one open descriptor.
+    /// What `fstat`/`lstat` said of a file: its type, permission bits and owner.
+    struct FileInfo: Sendable {
+        let mode: UInt32
+        let owner: UInt32
+
+        /// The permission bits (`st_mode & 0o7777`).
+        var permissions: UInt32 { mode & 0o7777 }
+        var isRegular: Bool { mode & FileIO.typeMask == FileIO.regularType }
+        var isDirectory: Bool { mode & FileIO.typeMask == FileIO.directoryType }
+        var isSymbolicLink: Bool { mode & FileIO.typeMask == FileIO.symbolicLinkType }
+
+        init(_ info: stat) {
+            mode = UInt32(info.st_mode)
+            owner = UInt32(info.st_uid)
+        }
+    }
+
+    static let symbolicLinkType: UInt32 = 0o120000
+
+    /// The process's effective user id: the one owner besides root an allowlist file may have.
+    static var effectiveUserID: UInt32 { UInt32(geteuid()) }
+
+    /// A file's bytes, and its type, mode and owner as seen through the descriptor they were read from.
     struct Contents {
         var bytes: [UInt8]
+        let info: FileInfo
         /// The permission bits (`st_mode & 0o7777`).
-        let permissions: UInt32
+        var permissions: UInt32 { info.permissions }
     }
 
     /// Certificate files are a few hundred bytes; anything far larger is not one.
     static let maximumCertificateSize = 64 * 1024
 
     /// Reads a whole regular file of at most `limit` bytes.
-    static func read(path: String, limit: Int = maximumCertificateSize) throws(CertificateError) -> Contents {
+    ///
+    /// - Parameters:
+    ///   - path: the file, or (with `directory`) its name in that directory; also the name errors use.
+    ///   - directory: an open directory descriptor `path` is relative to (`openat`), so what is
+    ///     read is the entry of the directory that was checked, whatever renames happen meanwhile.
+    ///   - followSymbolicLinks: false opens with `O_NOFOLLOW`: a symbolic link is refused.
+    ///   - accept: checks the opened file's type, mode and owner before a byte is read.
+    static func read(
+        path: String, in directory: Int32 = AT_FDCWD, displayPath: String? = nil, followSymbolicLinks: Bool = true,
+        limit: Int = maximumCertificateSize, accept: (FileInfo) throws(CertificateError) -> Void = { _ in }
+    ) throws(CertificateError) -> Contents {
+        let shownPath = displayPath ?? path
         let fd: Int32
         do {
             // O_NONBLOCK: a FIFO dropped into a certificate directory must not hang the reader;
             // it is refused by the fstat check below. (No effect on regular files.)
-            fd = try systemCall("open") { open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK) }
+            let flags = O_RDONLY | O_CLOEXEC | O_NONBLOCK | (followSymbolicLinks ? 0 : O_NOFOLLOW)
+            fd = try systemCall("open") { openat(directory, path, flags) }
         } catch {
-            throw error.certificateError(path: path, doing: "cannot open")
+            if error.errno == ELOOP && !followSymbolicLinks {
+                throw CertificateError(.symbolicLink, path: shownPath, "is a symbolic link: allowlist files must be regular files (copy the certificate in instead of linking it)")
+            }
+            throw error.certificateError(path: shownPath, doing: "cannot open")
         }
         defer { _ = close(fd) }
-        var info = stat()
+        var status = stat()
         do {
-            try systemCall("fstat") { fstat(fd, &info) }
+            try systemCall("fstat") { fstat(fd, &status) }
         } catch {
-            throw error.certificateError(path: path, doing: "cannot stat")
+            throw error.certificateError(path: shownPath, doing: "cannot stat")
         }
-        let mode = UInt32(info.st_mode)
-        guard mode & typeMask == regularType else {
-            let what = mode & typeMask == directoryType ? "a directory" : "not a regular file"
-            throw CertificateError(.io, path: path, "is \(what), not a certificate file")
+        let info = FileInfo(status)
+        guard info.isRegular else {
+            let what = info.isDirectory ? "a directory" : "not a regular file"
+            throw CertificateError(.io, path: shownPath, "is \(what), not a certificate file")
         }
-        guard Int(info.st_size) <= limit else {
-            throw CertificateError(.syntax, path: path, "is \(info.st_size) bytes: too large for a certificate (at most \(limit))")
+        try accept(info)
+        guard Int(status.st_size) <= limit else {
+            throw CertificateError(.syntax, path: shownPath, "is \(status.st_size) bytes: too large for a certificate (at most \(limit))")
         }
+        // One buffer of the announced size plus one byte (to notice growth); if the file grew, a
+        // larger buffer replaces it and the old one is wiped first: no copy of a secret file's
+        // bytes is left behind in freed memory.
         var bytes = [UInt8]()
-        bytes.reserveCapacity(Int(info.st_size))
+        bytes.reserveCapacity(Int(status.st_size) + 1)
         var chunk = [UInt8](repeating: 0, count: 4096)
         defer { wipe(&chunk) }
         while true {
@@ -55,16 +97,29 @@ enum FileIO {
                 }
             } catch {
                 wipe(&bytes)
-                throw error.certificateError(path: path, doing: "cannot read")
+                throw error.certificateError(path: shownPath, doing: "cannot read")
             }
             if count == 0 { break }
             guard bytes.count + count <= limit else {
                 wipe(&bytes)
-                throw CertificateError(.syntax, path: path, "is too large for a certificate (at most \(limit) bytes)")
+                throw CertificateError(.syntax, path: shownPath, "is too large for a certificate (at most \(limit) bytes)")
             }
-            bytes.append(contentsOf: chunk[0..<count])
+            appendWiping(chunk[0..<count], to: &bytes)
         }
-        return Contents(bytes: bytes, permissions: mode & 0o7777)
+        return Contents(bytes: bytes, info: info)
+    }
+
+    /// Appends without letting the array reallocate behind our back: when it is full, the bytes
+    /// move to a larger buffer and the old one is wiped before it is freed.
+    static func appendWiping(_ more: ArraySlice<UInt8>, to bytes: inout [UInt8]) {
+        if bytes.count + more.count > bytes.capacity {
+            var larger = [UInt8]()
+            larger.reserveCapacity(max(bytes.capacity * 2, bytes.count + more.count))
+            larger.append(contentsOf: bytes)
+            wipe(&bytes)
+            bytes = larger
+        }
+        bytes.append(contentsOf: more)
     }
 
     /// The type and permission bits of `path`, following symbolic links; nil if it does not exist.
@@ -79,24 +134,68 @@ enum FileIO {
         return UInt32(info.st_mode)
     }
 
-    /// Whether `path` itself is a symbolic link (whether or not its target exists).
-    static func isSymbolicLink(_ path: String) -> Bool {
+    /// What `name` in an open directory is, without following a symbolic link (`fstatat` with
+    /// `AT_SYMLINK_NOFOLLOW`); nil if it no longer exists.
+    static func linkInfo(of name: String, in directory: Int32, displayPath: String) throws(CertificateError) -> FileInfo? {
         var info = stat()
-        return lstat(path, &info) == 0 && UInt32(info.st_mode) & typeMask == 0o120000
+        do {
+            try systemCall("fstatat") { fstatat(directory, name, &info, AT_SYMLINK_NOFOLLOW) }
+        } catch {
+            if error.errno == ENOENT { return nil }
+            throw error.certificateError(path: displayPath, doing: "cannot stat")
+        }
+        return FileInfo(info)
     }
 
-    /// The names in a directory (without `.` and `..`), unsorted.
-    static func list(directory: String) throws(CertificateError) -> [String] {
-        guard let dir = opendir(directory) else {
-            throw SystemError(call: "opendir", errno: errno).certificateError(path: directory, doing: "cannot read directory")
+    /// Opens a directory for listing and `openat` (the path itself may be a symbolic link: it is
+    /// the operator's own argument).
+    static func openDirectory(_ path: String) throws(CertificateError) -> Int32 {
+        do {
+            return try systemCall("open") { open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
+        } catch {
+            if error.errno == ENOTDIR { throw CertificateError(.io, path: path, "is not a directory") }
+            throw error.certificateError(path: path, doing: "cannot read directory")
+        }
+    }
+
+    /// The type, mode and owner of an open descriptor.
+    static func info(of fd: Int32, path: String) throws(CertificateError) -> FileInfo {
+        var info = stat()
+        do {
+            try systemCall("fstat") { fstat(fd, &info) }
+        } catch {
+            throw error.certificateError(path: path, doing: "cannot stat")
+        }
+        return FileInfo(info)
+    }
+
+    static func closeDescriptor(_ fd: Int32) { _ = Glibc.close(fd) }
+
+    /// The names in an open directory (without `.` and `..`), unsorted. The descriptor stays open
+    /// and owned by the caller.
+    static func list(directory fd: Int32, path: String) throws(CertificateError) -> [String] {
+        let copy: Int32
+        do {
+            copy = try systemCall("dup") { fcntl(fd, F_DUPFD_CLOEXEC, 0) }
+        } catch {
+            throw error.certificateError(path: path, doing: "cannot read directory")
+        }
+        guard let dir = fdopendir(copy) else {
+            let error = SystemError(call: "fdopendir", errno: errno)
+            _ = Glibc.close(copy)
+            throw error.certificateError(path: path, doing: "cannot read directory")
         }
         defer { closedir(dir) }
+        return try names(in: dir, path: path)
+    }
+
+    private static func names(in dir: OpaquePointer, path: String) throws(CertificateError) -> [String] {
         var names = [String]()
         while true {
             errno = 0
             guard let entry = readdir(dir) else {
                 if errno != 0 {
-                    throw SystemError(call: "readdir", errno: errno).certificateError(path: directory, doing: "cannot read directory")
+                    throw SystemError(call: "readdir", errno: errno).certificateError(path: path, doing: "cannot read directory")
                 }
                 break
             }
