@@ -331,6 +331,25 @@ struct ZAPHardeningTests {
         await broker.server.close()
     }
 
+    @Test func aServiceNameInAnErrorIsEscaped() async throws {
+        let clientKeys = KeyPair.generate()
+        let broker = try await fakeBroker(allowing: [clientKeys.publicKey])
+        let client = try await Client.connect(to: broker.endpoint, brokerKey: broker.serverKeys.publicKey, keyPair: clientKeys,
+                                              context: broker.context)
+        var failure: SecureMQError?
+        do { _ = try await client.submit(.bytes([1]), to: "echo\u{1B}[2J\nERROR forged") } catch { failure = error }
+        #expect(failure?.code == .invalidConfiguration)
+        var requestFailure: SecureMQError?
+        do { _ = try await client.request([1], service: "echo\u{1B}[2J\nERROR forged") } catch { requestFailure = error }
+        #expect(requestFailure?.code == .invalidConfiguration)
+        for message in [failure?.message, requestFailure?.message] {
+            let text = try #require(message)
+            #expect(!Self.hasRawControl(text) && text.contains("\\u{1B}[2J\\nERROR forged"), "\(text)")
+        }
+        await client.close()
+        await broker.server.close()
+    }
+
     struct HugeError: Error, CustomStringConvertible {
         var description: String { String(repeating: "x\u{1B}", count: 50_000) }
     }
