@@ -83,9 +83,11 @@ final class ZAPHandler: @unchecked Sendable {
             handler.socket = socket
             _ = thread.register(socket, onReadable: { [unowned handler] in handler.drain() })
             // A flood that stops is still reported, with its count.
-            if summaryTimer { _ = thread.schedule(after: refusalLogInterval, every: refusalLogInterval) { [unowned handler] in
-                handler.logSuppressedRefusals(now: SocketThread.now())
-            } }
+            if summaryTimer {
+                _ = thread.schedule(after: refusalLogInterval, every: refusalLogInterval) { [unowned handler] in
+                    handler.logSuppressedRefusals(now: SocketThread.now())
+                }
+            }
             thread.onStop { socket.close(linger: .zero) }
         }
     }
