@@ -248,6 +248,32 @@ struct ZAPHardeningTests {
         #expect(reported + lines == 1000, "every refusal is either a line or counted in a summary")
     }
 
+    @Test func refusedHandshakesFromOneAddressMakeOneLineThroughRealHandshakes() async throws {
+        // An hour per line, so however slow the machine the refusals below share one interval.
+        let context = SecureContext(logger: Logger(label: "test"), terminationWait: .seconds(5), zapRefusalLogInterval: .seconds(3600))
+        let serverKeys = KeyPair.generate()
+        let (logger, logs) = capturingLogger("server")
+        let server = try await SecureServer.bind(["tcp://127.0.0.1:*"], keyPair: serverKeys, allowlist: Allowlist(entries: []),
+                                                 context: context, logger: logger)
+        let attempts = 20
+        for _ in 0..<attempts {
+            var code: SecureMQError.Code?
+            do {
+                let connection = try await SecureConnection.connect(to: server.endpoints[0], serverKey: serverKeys.publicKey,
+                                                                    keyPair: .generate(), context: context, options: Self.fastFailure)
+                await connection.close()
+            } catch {
+                code = error.code
+            }
+            #expect(code == .rejectedByServer)
+        }
+        #expect(try context.zapHandler().statistics.denied == attempts)
+        let lines = logs.entries.filter { $0.message.description == "peer denied" }
+        #expect(lines.count == 1, "\(lines.count) lines for \(attempts) refusals from 127.0.0.1")
+        #expect(lines.first?.metadata["address"]?.description == "127.0.0.1")
+        await server.close()
+    }
+
     @Test func zapLogLinesShowPeerTextEscaped() throws {
         let context = SecureContext()
         let (logger, logs) = capturingLogger("zap")
