@@ -47,7 +47,8 @@ struct PeerOptions: ParsableArguments {
             let mine = try Certificate.load(path: cert)
             return (broker.publicKey, try mine.keyPair(), Logger(label: "smq"))
         } catch {
-            fail("\(error)")
+            // A certificate error may quote the file: its name and metadata are not ours.
+            fail(PeerText.escaped("\(error)"))
         }
     }
 
@@ -130,8 +131,10 @@ func flushStandardOutput() {
     fflush(nil)  // every C stream: avoids touching the non-Sendable `stdout` global
 }
 
-/// The sentence to show for an error: the library's own message where it has one.
+/// The sentence to show for an error: the library's own message where it has one (the library
+/// escapes what peers wrote into it), anything else escaped here, so an error is one printable
+/// line whatever text it quotes.
 func describe(_ error: any Error) -> String {
     if let error = error as? SecureMQError { return error.message }
-    return "\(error)"
+    return PeerText.escaped("\(error)")
 }

@@ -69,7 +69,7 @@ struct SubmitCommand: AsyncParsableCommand {
                 // open(2), not FileManager.createFile: that one writes a temporary file and renames
                 // it over the path, which would replace /dev/null or a FIFO with a regular file.
                 let fd = open(output, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-                guard fd >= 0 else { fail("cannot open \(output) for writing: \(String(cString: strerror(errno)))") }
+                guard fd >= 0 else { fail("cannot open \(PeerText.escaped(output)) for writing: \(String(cString: strerror(errno)))") }
                 sink = FileHandle(fileDescriptor: fd, closeOnDealloc: true)
             }
         }

@@ -123,7 +123,7 @@ final class ClientEngine: ConnectingEngine {
         if let failure = connectionFailure { throw failure }
         let name: ServiceName
         do { name = try ServiceName(validating: service) } catch {
-            throw SecureMQError(.invalidConfiguration, "'\(service)' is not a valid service name: 1–255 bytes of A-Z a-z 0-9 . _ -")
+            throw SecureMQError(.invalidConfiguration, "'\(PeerText.escaped(service))' is not a valid service name: 1–255 bytes of A-Z a-z 0-9 . _ -")
         }
         let reader = try PayloadReader(payload)
         let job: ClientJob
@@ -170,7 +170,7 @@ final class ClientEngine: ConnectingEngine {
             lastService = (service, valid)
         } else {
             return continuation.resume(returning: .failure(SecureMQError(.invalidConfiguration,
-                "'\(service)' is not a valid service name: 1–255 bytes of A-Z a-z 0-9 . _ -")))
+                "'\(PeerText.escaped(service))' is not a valid service name: 1–255 bytes of A-Z a-z 0-9 . _ -")))
         }
         let jobID = requestJobID(waiter: waiter)
         let message = ZMQMessage(size: Fragment.encodedSize(serviceLength: name.byteCount, bodyLength: body.count))

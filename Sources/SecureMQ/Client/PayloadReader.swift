@@ -17,8 +17,10 @@ final class PayloadReader {
         case .bytes(let bytes):
             storage = .bytes(bytes)
             length = bytes.count
-        case .file(let path):
-            let fd = open(path, O_RDONLY | O_CLOEXEC)
+        case .file(let name):
+            let fd = open(name, O_RDONLY | O_CLOEXEC)
+            // File names reach error messages and terminals: one printable line, whatever the name.
+            let path = PeerText.escaped(name)
             guard fd >= 0 else {
                 let err = errno
                 throw SecureMQError(.invalidConfiguration, "cannot open \(path): \(String(cString: strerror(err)))", errno: err, call: "open")

@@ -1,5 +1,6 @@
 /// The owner-thread side of a role that connects to a server (client, worker, plain connection).
-protocol ConnectingEngine: AnyObject {
+/// `SendableMetatype`: the engine type is named inside closures that run on the owner thread.
+protocol ConnectingEngine: AnyObject, SendableMetatype {
     var connectWaiters: Waiters<Bool> { get }
     /// Resumes `continuation` once connected (or with the connection's failure).
     func waitConnected(id: Int, _ continuation: Waiters<Bool>.Continuation)

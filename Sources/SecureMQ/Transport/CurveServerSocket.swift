@@ -5,15 +5,23 @@ import Logging
 /// library makes a server socket: the ZAP domain is registered (and the handler running) before
 /// the socket binds, so no key outside the allowlist ever completes a handshake.
 /// Confined to its ``SocketThread``.
+///
+/// It holds its ``SecureContext`` (and so the context's ZAP handler) for as long as it exists:
+/// the handler is the only thing that refuses keys, and a context released while a server still
+/// listens would stop it and start terminating under the open socket. The context cannot hold
+/// its sockets back (they belong to their threads), so the reference goes this way only.
 final class CurveServerSocket {
     let socket: ZMQSocket
     let zapDomain: String
     let endpoints: [String]
+    /// Strong on purpose: see the type's comment.
+    let context: SecureContext
     private let zap: ZAPHandler
 
     init(context: SecureContext, endpoints requested: [String], keyPair: KeyPair, allowlist: Allowlist,
          maxMessageSize: Int, highWaterMark: Int32, logger: Logger) throws(SecureMQError) {
         guard !requested.isEmpty else { throw SecureMQError(.invalidConfiguration, "a server needs at least one endpoint") }
+        self.context = context
         zap = try context.zapHandler()
         zapDomain = context.makeDomain("securemq")
         try zap.register(domain: zapDomain, allowlist: allowlist, logger: logger)

@@ -45,6 +45,13 @@ public struct WorkRejection: Error, Sendable {
         self.retryable = retryable
         self.reason = reason
     }
+
+    /// A non-retryable 520 for an error a handler threw that is not a ``WorkRejection``: its
+    /// description, cut to what a REJECT carries (``Reason/maxByteCount``), so a huge
+    /// description costs no more than that once it leaves the handler.
+    init(handlerError error: any Error) {
+        self.init(code: 520, retryable: false, reason: Reason.truncated(String(describing: error)))
+    }
 }
 
 /// A SecureMQ worker: joins one service at the broker and runs a handler for each fragment,
@@ -97,7 +104,7 @@ public final class Worker: Sendable {
     ) async throws(SecureMQError) -> Worker {
         let serviceName: ServiceName
         do { serviceName = try ServiceName(validating: service) } catch {
-            throw SecureMQError(.invalidConfiguration, "'\(service)' is not a valid service name: 1–255 bytes of A-Z a-z 0-9 . _ -")
+            throw SecureMQError(.invalidConfiguration, "'\(PeerText.escaped(service))' is not a valid service name: 1–255 bytes of A-Z a-z 0-9 . _ -")
         }
         guard options.credit >= 1 else { throw SecureMQError(.invalidConfiguration, "credit must be at least 1") }
         guard options.heartbeatInterval >= .milliseconds(100) && options.heartbeatInterval <= .seconds(60) else {
@@ -133,7 +140,7 @@ public final class Worker: Sendable {
                     } catch let rejection as WorkRejection {
                         outcome = .failure(rejection)
                     } catch {
-                        outcome = .failure(WorkRejection(code: 520, retryable: false, reason: "\(error)"))
+                        outcome = .failure(WorkRejection(handlerError: error))
                     }
                     let result = UncheckedBox(outcome)
                     thread.execute { box.value.finish(item, result.value) }

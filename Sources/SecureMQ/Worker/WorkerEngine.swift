@@ -106,7 +106,7 @@ final class WorkerEngine: ConnectingEngine {
         } catch let rejection as WorkRejection {
             return .failure(rejection)
         } catch {
-            return .failure(WorkRejection(code: 520, retryable: false, reason: "\(error)"))
+            return .failure(WorkRejection(handlerError: error))
         }
     }
 
@@ -162,7 +162,9 @@ final class WorkerEngine: ConnectingEngine {
             }
             let workHeader = WorkHeader(id: header.jobID, index: Int(header.index), count: Int(header.count),
                                         offset: Int(header.offset),
-                                        service: fragment.service.matches(service) ? service.string : fragment.service.description)
+                                        // Valid names are [A-Za-z0-9._-], but it is the broker's text: escaped all
+                                        // the same, and only on the rare path where it differs from ours.
+                                        service: fragment.service.matches(service) ? service.string : PeerText.escaped(fragment.service.description))
             if inlineHandler != nil {
                 // In place: the handler reads the body where libzmq put it.
                 let outcome = runInline(workHeader, fragment.body)

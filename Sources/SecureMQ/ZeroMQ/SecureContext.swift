@@ -21,6 +21,7 @@ public final class SecureContext: @unchecked Sendable {
     private let zap = Mutex<ZAPHandler?>(nil)
     private let domainCounter = Atomic<Int>(0)
     private let terminationWait: Duration
+    private let zapRefusalLogInterval: Duration
 
     /// Makes a new ZeroMQ context.
     /// - Parameter logger: where the ZAP handler logs malformed requests; each server's own
@@ -29,11 +30,13 @@ public final class SecureContext: @unchecked Sendable {
         self.init(logger: logger, terminationWait: .seconds(5))
     }
 
-    /// How long deinit waits for zmq_ctx_term before it logs and leaves it to finish (tests).
-    init(logger: Logger, terminationWait: Duration) {
+    /// How long deinit waits for zmq_ctx_term before it logs and leaves it to finish, and how
+    /// long one refused-handshake log line stands for the others like it (tests set both).
+    init(logger: Logger, terminationWait: Duration, zapRefusalLogInterval: Duration = ZAPHandler.refusalLogInterval) {
         handle = zmq_ctx_new()
         self.logger = logger
         self.terminationWait = terminationWait
+        self.zapRefusalLogInterval = zapRefusalLogInterval
     }
 
     deinit {
@@ -59,7 +62,7 @@ public final class SecureContext: @unchecked Sendable {
         let result: Result<ZAPHandler, SecureMQError> = zap.withLock { running in
             if let running { return .success(running) }
             do throws(SecureMQError) {
-                let handler = try ZAPHandler(context: handle, logger: logger)
+                let handler = try ZAPHandler(context: handle, logger: logger, refusalLogInterval: zapRefusalLogInterval)
                 running = handler
                 return .success(handler)
             } catch {
