@@ -10,11 +10,11 @@ struct PeerTextTests {
         #expect(PeerText.isPrintable(text))
     }
 
-    @Test("newlines, ESC, DEL, C1 controls, bidi overrides and the backslash become visible escapes")
+    @Test("newlines, ESC, DEL, C1 controls and bidi overrides become visible escapes")
     func controlsAreEscaped() {
         #expect(PeerText.escaped("line1\nFAKE level=error") == "line1\\nFAKE level=error")
         #expect(PeerText.escaped("\u{1B}[2J\u{1B}]0;owned\u{07}") == "\\u{1B}[2J\\u{1B}]0;owned\\u{7}")
-        #expect(PeerText.escaped("a\rb\tc\\d") == "a\\rb\\tc\\\\d")
+        #expect(PeerText.escaped("a\rb\tc\\d") == "a\\rb\\tc\\d")
         #expect(PeerText.escaped("x\u{7F}\u{85}\u{9B}y") == "x\\u{7F}\\u{85}\\u{9B}y")
         #expect(PeerText.escaped("admin\u{202E}gpj.exe") == "admin\\u{202E}gpj.exe")
         #expect(PeerText.escaped("zero\u{200B}width\u{2028}sep\u{FEFF}") == "zero\\u{200B}width\\u{2028}sep\\u{FEFF}")
@@ -28,7 +28,7 @@ struct PeerTextTests {
         #expect(text == "a\u{FFFD}\\n\\u{1B}b")
     }
 
-    @Test("any text escapes to one line of printable scalars, and distinct inputs stay distinct")
+    @Test("any text escapes to one line of printable scalars, and escaping twice changes nothing")
     func escapedTextIsAlwaysOnePrintableLine() async {
         await propertyCheck(input: Gen.int(in: 0...0x10FFFF).array(of: 0...24)) { values in
             let scalars = values.compactMap { Unicode.Scalar(UInt32($0)) }
@@ -37,8 +37,8 @@ struct PeerTextTests {
             let escaped = PeerText.escaped(text)
             #expect(PeerText.isPrintable(escaped))
             #expect(!escaped.contains("\n") && !escaped.contains("\r") && !escaped.unicodeScalars.contains("\u{1B}"))
-            // Unambiguous: escaping is injective, so appending a character changes the result.
-            #expect(PeerText.escaped(text + "\n") != PeerText.escaped(text + "\\n"))
+            // Idempotent: a reason escaped by the broker is not escaped again by the client.
+            #expect(PeerText.escaped(escaped) == escaped)
         }
     }
 }

@@ -1,14 +1,14 @@
 /// Picks the worker for the next fragment of a service (§5): a stride / earliest-deadline
 /// scheduler on an indexed binary heap.
 ///
-/// Every worker has a virtual deadline; a pick takes the eligible worker with the earliest one
-/// (ties: the one that got its deadline first), makes that deadline the scheduler's ``now``, and
-/// moves the worker's deadline on by its stride, `2^32 / weight`. A worker therefore gets picks
-/// in proportion to its weight, spread evenly (the same shares as nginx's smooth weighted
-/// round-robin, never more than one pick ahead or behind it). A worker entering, or changing
-/// weight, starts at `now + stride/2`, so it neither jumps the queue nor waits a full turn; a
-/// worker whose credit returns re-enters at `max(its deadline, now)`, so time without credit earns
-/// it no burst of picks.
+/// Every worker has a virtual start and a virtual deadline = start + stride, `2^32 / weight`. A
+/// pick takes, among the workers whose start has come (start ≤ ``now``), the one with the earliest
+/// deadline (ties: the one that got its deadline first), and moves it on by its stride; ``now``
+/// advances by `2^32 / (sum of the active workers' weights)` per pick (WF²Q+). A worker therefore
+/// gets picks in proportion to its weight, spread evenly: at every step within one pick of its
+/// ideal share and of nginx's smooth weighted round-robin (PROTOCOL.md C20, C44). A worker
+/// entering, or changing weight, starts at ``now``; a worker whose credit returns re-enters at
+/// `max(its start, now)`, so time without credit earns it no burst of picks.
 ///
 /// A worker without free credit is ``suspend(_:)``ed (it leaves the heap, keeping its deadline)
 /// and ``resume(_:)``d when credit returns. Every operation is O(log n) (``add(_:weight:)``,
@@ -38,7 +38,7 @@ public struct StrideScheduler<ID: Hashable> {
     private var weights: [Int] = []
     private var slots: [ID: Int] = [:]
 
-    /// The scheduler's virtual time: the deadline of the last pick.
+    /// The scheduler's virtual time.
     public var now: UInt64 { core.now }
 
     /// When `now` passes this, every deadline is shifted down so that virtual time never
@@ -59,7 +59,7 @@ public struct StrideScheduler<ID: Hashable> {
     /// The number of workers, eligible or suspended.
     public var count: Int { ids.count }
     /// The number of workers that can be picked (not suspended).
-    public var eligibleCount: Int { core.heap.count }
+    public var eligibleCount: Int { core.activeCount }
     /// Whether no worker is known.
     public var isEmpty: Bool { ids.isEmpty }
 
@@ -95,10 +95,10 @@ public struct StrideScheduler<ID: Hashable> {
 
     /// The worker ``pick()`` would return, without picking it.
     public var peek: ID? {
-        core.heap.first.map { ids[$0] }
+        core.peek().map { ids[$0] }
     }
 
-    /// Adds an eligible worker, starting at `now + stride/2`.
+    /// Adds an eligible worker, starting at ``now``.
     ///
     /// - Parameters:
     ///   - id: The worker (under §1, a key: its connections share one weight).
@@ -108,11 +108,11 @@ public struct StrideScheduler<ID: Hashable> {
     public mutating func add(_ id: ID, weight: Int) -> Bool {
         precondition(weight >= 1 && weight <= Self.maxWeight, "weight must be 1 ... 2^32")
         guard slots[id] == nil else { return false }
-        let index = core.append(stride: stride(for: weight))
+        let index = core.append(stride: stride(for: weight), weight: effectiveWeight(weight))
         ids.append(id)
         weights.append(weight)
         slots[id] = index
-        core.push(index)
+        core.activate(index)
         return true
     }
 
@@ -134,7 +134,7 @@ public struct StrideScheduler<ID: Hashable> {
         return true
     }
 
-    /// Changes a worker's weight; it starts again at `now + stride/2` with its new stride.
+    /// Changes a worker's weight; it starts again at ``now`` with its new stride.
     ///
     /// - Parameters:
     ///   - id: The worker.
@@ -145,7 +145,7 @@ public struct StrideScheduler<ID: Hashable> {
         precondition(weight >= 1 && weight <= Self.maxWeight, "weight must be 1 ... 2^32")
         guard let index = slots[id] else { return false }
         weights[index] = weight
-        core.restart(index, stride: stride(for: weight))
+        core.restart(index, stride: stride(for: weight), weight: effectiveWeight(weight))
         return true
     }
 
@@ -156,11 +156,11 @@ public struct StrideScheduler<ID: Hashable> {
     @discardableResult
     public mutating func suspend(_ id: ID) -> Bool {
         guard let index = slots[id], core.position[index] >= 0 else { return false }
-        core.removeFromHeap(at: core.position[index])
+        core.suspend(index)
         return true
     }
 
-    /// Puts a suspended worker back (its credit returned), at `max(its deadline, now)`.
+    /// Puts a suspended worker back (its credit returned), starting at `max(its start, now)`.
     ///
     /// - Parameter id: The worker.
     /// - Returns: false when `id` is unknown or not suspended.
@@ -171,12 +171,19 @@ public struct StrideScheduler<ID: Hashable> {
         return true
     }
 
-    /// Picks the eligible worker with the earliest deadline and moves its deadline on by its
-    /// stride.
+    /// Picks, among the workers whose start has come, the one with the earliest deadline, and
+    /// moves it on by its stride.
     ///
     /// - Returns: The worker, or nil when no worker is eligible.
     public mutating func pick() -> ID? {
         core.pick().map { ids[$0] }
+    }
+
+    private func effectiveWeight(_ weight: Int) -> UInt64 {
+        switch strategy {
+        case .weighted: UInt64(weight)
+        case .roundRobin: 1
+        }
     }
 
     private func stride(for weight: Int) -> UInt64 {

@@ -4,17 +4,22 @@
 /// A peer controls these bytes. Written raw, a newline forges a log line, an ESC sequence drives
 /// the reader's terminal, and U+202E reverses what follows. ``escaped(_:)`` keeps printable text
 /// as it is and writes every control character (C0, DEL, C1), every invisible format character
-/// (bidi overrides and isolates, zero-width joiners, BOM), U+2028/U+2029 and the backslash itself
-/// as a visible escape (`\n`, `\r`, `\t`, `\\`, `\u{1B}`), so the result is one line of printable
-/// text that still shows what the peer sent, unambiguously.
+/// (bidi overrides and isolates, zero-width joiners, BOM) and U+2028/U+2029 as a visible escape
+/// (`\n`, `\r`, `\t`, `\u{1B}`), so the result is one line of printable text that still shows what
+/// the peer sent.
+///
+/// Escaping is idempotent: escaped text contains nothing to escape, so text that passes through
+/// several hops (a worker's reason, escaped by the broker into a FAILED, read by the client) is
+/// escaped once, not `\\u{1B}`. The price is that a peer can write a literal backslash-n that
+/// reads like an escaped newline: it can make a line look odd, never break one.
 public enum PeerText {
     /// The text with every character that could change how a line reads escaped.
     ///
     /// - Parameter text: Text from a peer (already decoded; invalid UTF-8 is U+FFFD by then).
     /// - Returns: One line of printable text; `text` itself when nothing needed escaping.
     public static func escaped(_ text: String) -> String {
-        // Fast path: printable ASCII other than the backslash needs nothing.
-        if text.utf8.allSatisfy({ $0 >= 0x20 && $0 < 0x7F && $0 != 0x5C }) { return text }
+        // Fast path: printable ASCII needs nothing.
+        if text.utf8.allSatisfy({ $0 >= 0x20 && $0 < 0x7F }) { return text }
         var out = ""
         out.reserveCapacity(text.utf8.count + 8)
         for scalar in text.unicodeScalars {
@@ -22,7 +27,6 @@ public enum PeerText {
             case "\n": out += "\\n"
             case "\r": out += "\\r"
             case "\t": out += "\\t"
-            case "\\": out += "\\\\"
             default:
                 if needsEscape(scalar) {
                     out += "\\u{" + String(scalar.value, radix: 16, uppercase: true) + "}"
@@ -45,7 +49,7 @@ public enum PeerText {
     /// Whether the text is printable as it is: ``escaped(_:)`` would not change it.
     ///
     /// - Parameter text: The text to check.
-    /// - Returns: true when no character needs an escape (the backslash is allowed here).
+    /// - Returns: true when no character needs an escape.
     public static func isPrintable(_ text: String) -> Bool {
         text.unicodeScalars.allSatisfy { !needsEscape($0) }
     }
