@@ -84,6 +84,9 @@ struct MalformedMessageTests {
         ("header version 2", 400),
         ("reserved bits set", 400),
         ("body above max-fragment", 413),
+        ("offset 2^63, total-length 2^64 - 1", 400),
+        ("total-length beyond count × max-fragment", 400),
+        ("fragment 0 not at offset 0", 400),
     ])
     func badFragmentsGetFailedWithTheirCode(name: String, expected: Int) async throws {
         let fixture = try await PipelineFixture(peers: [("client-1", "client", 1), ("prober", "client", 1), ("worker-1", "worker", 1)]) {
@@ -118,6 +121,14 @@ struct MalformedMessageTests {
         case "reserved bits set":
             message = Self.submit([1, 2, 3], jobID: jobID)
             message[h + 3] = 1
+        case "offset 2^63, total-length 2^64 - 1":
+            // Once enough to crash every worker it reached (PROTOCOL.md C33).
+            message = Self.submit([1, 2, 3], jobID: jobID, index: 1, count: 3, offset: 1 << 63, total: UInt64.max)
+            index = 1
+        case "total-length beyond count × max-fragment":
+            message = Self.submit([1, 2, 3], jobID: jobID, index: 0, count: 2, offset: 0, total: 2 * 4096 + 1)
+        case "fragment 0 not at offset 0":
+            message = Self.submit([1, 2, 3], jobID: jobID, index: 0, count: 2, offset: 1, total: 10)
         default:
             message = Self.submit(patternBytes(4500), jobID: jobID)
         }

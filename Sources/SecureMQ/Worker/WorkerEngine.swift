@@ -156,12 +156,18 @@ final class WorkerEngine: ConnectingEngine {
         case .work(let fragment):
             client.noteServed()
             let header = fragment.header
-            guard hasher.digest(of: fragment.body) == header.digest else {
-                reject(fragment.tag, code: .malformed, retryable: false, reason: "fragment \(header.index) failed its SHA-256 check")
+            // The receive step the fuzzer runs (scripts/fuzz receive): the digest, and every header
+            // field as an Int without a trap whatever the broker sent (PROTOCOL.md C33).
+            let work: ReceivedWork
+            do throws(ProtocolError) {
+                work = try ReceivedWork(fragment, hasher: &hasher)
+            } catch {
+                let what = error.code == .digestMismatch ? "failed its SHA-256 check" : "has an impossible place: \(error)"
+                reject(fragment.tag, code: .malformed, retryable: false, reason: "fragment \(header.index) \(what)")
                 return
             }
-            let workHeader = WorkHeader(id: header.jobID, index: Int(header.index), count: Int(header.count),
-                                        offset: Int(header.offset),
+            let workHeader = WorkHeader(id: work.jobID, index: work.index, count: work.count,
+                                        offset: work.offset,
                                         // Valid names are [A-Za-z0-9._-], but it is the broker's text: escaped all
                                         // the same, and only on the rare path where it differs from ours.
                                         service: fragment.service.matches(service) ? service.string : PeerText.escaped(fragment.service.description))
