@@ -99,7 +99,8 @@ class Payload:
         path = os.fspath(source)
         self.path = path
         try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            # O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused below anyway.
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
         except OSError as error:
             raise PayloadError(f"{path}: cannot open the payload: {error.strerror}") from None
         try:
