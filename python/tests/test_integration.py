@@ -8,7 +8,9 @@ waits for readiness with a deadline: the broker's "listening" line, then ``mmi.w
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -40,6 +42,30 @@ def assert_broker_accepted_everything(deployment: Deployment) -> None:
 
 def upper(body: bytes) -> bytes:
     return body.upper()
+
+
+class LogEvents(logging.Handler):
+    """Collects the records of some loggers, so a test can wait for one (with a deadline)."""
+
+    def __init__(self, *names: str) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list = []
+        self.changed = threading.Condition()
+        for name in names:
+            logger = logging.getLogger(name)
+            logger.addHandler(self)
+            logger.setLevel(logging.DEBUG)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with self.changed:
+            self.records.append(record)
+            self.changed.notify_all()
+
+    def wait(self, logger: str, text: str, timeout: float) -> None:
+        with self.changed:
+            found = self.changed.wait_for(
+                lambda: any(r.name == logger and text in r.getMessage() for r in self.records), timeout)
+        assert found, f"{logger} never logged {text!r} within {timeout:g} s: {[r.getMessage() for r in self.records]}"
 
 
 def per_worker_counts(stderr: str) -> dict:
@@ -111,6 +137,15 @@ def test_swift_client_served_by_python_workers(deployment: Deployment, tmp_path:
     assert set(counts) == {p1.fingerprint, p2.fingerprint}, done.stderr
     assert sum(counts.values()) == 64
     assert_broker_accepted_everything(deployment)
+
+    # close() sends DISCONNECT: the broker forgets the worker at once, not after heartbeat
+    # silence (2.5 s x 3 by default; the deadline here is shorter).
+    deployment.workers[0].close()
+    probe_client = deployment.clients[0]
+    deadline = time.monotonic() + 2.0
+    while probe_client.worker_count("upper") != 1:
+        assert time.monotonic() < deadline, "the broker still counts the closed worker"
+        time.sleep(0.02)  # between round trips; each answer is the event
 
 
 def test_python_client_and_python_workers_multi_fragment_in_order(deployment: Deployment, tmp_path: Path) -> None:
@@ -309,9 +344,10 @@ def test_a_slow_handler_never_looks_dead(deployment: Deployment) -> None:
     assert not any("presumed dead" in line for line in deployment.broker.lines())  # type: ignore[union-attr]
 
 
-def test_jobs_survive_a_broker_restart(deployment: Deployment) -> None:
+@pytest.mark.parametrize("how", ["killed", "shut down"])
+def test_jobs_survive_a_broker_restart(deployment: Deployment, how: str) -> None:
     worker_key, client_key = deployment.worker_key("py"), deployment.client_key()
-    broker = deployment.start_broker()
+    broker = deployment.start_broker("--drain-timeout", "1")
     port = int(deployment.endpoint.rsplit(":", 1)[1])
     fast = ConnectionOptions(reconnect_interval=0.1, reconnect_interval_max=0.5)
     release, started = threading.Event(), threading.Event()
@@ -329,15 +365,48 @@ def test_jobs_survive_a_broker_restart(deployment: Deployment) -> None:
     payload = random_text(4000)
     job = client.submit(payload, "upper", fragment_size=1000)
     assert started.wait(10)
-    broker.kill()
-    broker.wait_exit(10)
+    if how == "killed":
+        broker.kill()
+    else:
+        # A graceful shutdown ends with DISCONNECT to peers it had served: they reconnect (C31).
+        broker.kill(signal.SIGTERM)
+    broker.wait_exit(15)
     deployment.start_broker(port=port)
-    # The worker's answer to the dead broker's delivery is dropped; both peers reconnect, the
+    # The worker's answer to the old broker's delivery is dropped; both peers reconnect, the
     # worker says READY again and the client resubmits what is unanswered (C26, C29).
     release.set()
     assert job.read(timeout=30) == payload.upper()
     assert job.stats.resubmitted > 0
     assert worker.outcome == "running"  # type: ignore[attr-defined]
+
+
+def test_peers_reconnect_when_the_broker_falls_silent(deployment: Deployment) -> None:
+    worker_key, client_key = deployment.worker_key("py"), deployment.client_key()
+    broker = deployment.start_broker()
+    heard = LogEvents("securemq.client", "securemq.worker")
+    release, started = threading.Event(), threading.Event()
+
+    def gated(body: bytes) -> bytes:
+        started.set()
+        release.wait(20)
+        return body.upper()
+
+    deployment.python_worker(worker_key, "upper", gated, credit=4, heartbeat_interval=0.2)
+    client = deployment.client(client_key, heartbeat_interval=0.2)
+    deployment.wait_workers(client, "upper", 1)
+    payload = random_text(3000)
+    job = client.submit(payload, "upper", fragment_size=1000)
+    assert started.wait(10)
+    # A stopped broker keeps its TCP connections: only silence tells (C29).
+    broker.kill(signal.SIGSTOP)
+    try:
+        heard.wait("securemq.client", "reconnecting", timeout=10)
+        heard.wait("securemq.worker", "reconnecting", timeout=10)
+    finally:
+        broker.kill(signal.SIGCONT)
+    release.set()
+    assert job.read(timeout=30) == payload.upper()
+    assert job.stats.resubmitted > 0
 
 
 # -- admission -----------------------------------------------------------------------------------
