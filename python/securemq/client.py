@@ -19,12 +19,11 @@ import concurrent.futures
 import logging
 import os
 import queue
-import struct
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Optional, Union
+from typing import Dict, Iterator, Optional, Union
 
 from .certs import Certificate, load_certificate, load_public_key
 from .errors import (

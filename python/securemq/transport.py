@@ -34,7 +34,7 @@ from .errors import (
     SecureMQError,
     Unreachable,
 )
-from .protocol import escape_peer_text, fingerprint
+from .protocol import fingerprint
 
 __all__ = ["ConnectionOptions", "SocketEngine"]
 
@@ -516,7 +516,3 @@ class SocketEngine:
             self._teardown(linger=0)
             self._context.term()
 
-
-def peer_text(data: Any) -> str:
-    """Peer bytes as one printable line (see :func:`securemq.protocol.escape_peer_text`)."""
-    return escape_peer_text(data)

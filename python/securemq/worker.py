@@ -26,10 +26,10 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional, Union
+from typing import Callable, Optional, Union
 
 from .certs import Certificate, load_certificate, load_public_key
-from .errors import Closed, ConfigurationError, Disconnected, Reject, SecureMQError
+from .errors import ConfigurationError, Disconnected, Reject, SecureMQError
 from .protocol import (
     DEFAULT_MAX_FRAGMENT,
     HEARTBEAT_MS_RANGE,
@@ -91,6 +91,8 @@ class WorkItem:
         count: The job's fragment count.
         offset: The fragment's offset in the client's payload.
         body: The fragment's bytes (its SHA-256 was checked).
+        delivery_id: The broker's handle for this delivery (the WORK's tag).
+        epoch: The connection it came on (a result for an older connection is not sent).
     """
 
     job_id: bytes
@@ -268,7 +270,8 @@ class Worker:
         """Fragments answered (DONE or REJECT) so far."""
         return self._engine.processed
 
-    def run(self, handler: Handler, concurrency: int = 1) -> None:
+    def run(self, handler: Union[Handler, Callable[[WorkItem], Union[bytes, bytearray, memoryview]]],
+            concurrency: int = 1, pass_item: bool = False) -> None:
         """Serves fragments with ``handler`` until :meth:`close`.
 
         The handler gets a fragment's bytes and returns the result's bytes; it refuses a
@@ -278,6 +281,8 @@ class Worker:
         Args:
             handler: ``bytes -> bytes``.
             concurrency: Threads running the handler at once (at most the credit is useful).
+            pass_item: Give the handler the :class:`WorkItem` (job id, index, count, offset and
+                body) instead of the body alone.
 
         Raises:
             RejectedByServer: the key was revoked (it is refused on reconnection).
@@ -287,9 +292,9 @@ class Worker:
         if concurrency < 1:
             raise ConfigurationError("concurrency must be at least 1")
         if concurrency == 1:
-            self._serve(handler)
+            self._serve(handler, pass_item)
         else:
-            threads = [threading.Thread(target=self._serve, args=(handler,), name=f"securemq-handler-{i}", daemon=True)
+            threads = [threading.Thread(target=self._serve, args=(handler, pass_item), name=f"securemq-handler-{i}", daemon=True)
                        for i in range(concurrency)]
             for thread in threads:
                 thread.start()
@@ -298,7 +303,7 @@ class Worker:
         if self._engine.end_reason is not None:
             raise self._engine.end_reason
 
-    def _serve(self, handler: Handler) -> None:
+    def _serve(self, handler: Callable[..., Union[bytes, bytearray, memoryview]], pass_item: bool) -> None:
         engine = self._engine
         while True:
             item = engine.work.get()
@@ -308,7 +313,7 @@ class Worker:
             assert isinstance(item, WorkItem)
             outcome: Union[bytes, Reject]
             try:
-                outcome = bytes(handler(item.body))
+                outcome = bytes(handler(item if pass_item else item.body))
             except Reject as rejection:
                 outcome = rejection
             except Exception as error:  # the handler's bug: the client hears of it, the log keeps it

@@ -212,8 +212,8 @@ class Deployment:
         self.clients.append(client)
         return client
 
-    def python_worker(self, key: Key, service: str, handler: Callable[[bytes], bytes], credit: int = 8,
-                      concurrency: int = 1, **options: object) -> Worker:
+    def python_worker(self, key: Key, service: str, handler: Callable[..., bytes], credit: int = 8,
+                      concurrency: int = 1, pass_item: bool = False, **options: object) -> Worker:
         """A Python worker serving in a thread of this process; its ``run`` outcome is kept in
         ``worker.outcome`` (None, or the exception it raised)."""
         worker = Worker.connect(self.endpoint, self.broker_key.public_path, key.secret_path, service, credit, **options)
@@ -221,7 +221,7 @@ class Deployment:
 
         def serve() -> None:
             try:
-                worker.run(handler, concurrency)
+                worker.run(handler, concurrency, pass_item)
                 worker.outcome = None  # type: ignore[attr-defined]
             except BaseException as error:  # kept for the test to inspect
                 worker.outcome = error  # type: ignore[attr-defined]

@@ -26,6 +26,7 @@ from securemq import (
     SMQError,
     Unreachable,
     Client,
+    WorkItem,
 )
 
 from conftest import Deployment
@@ -196,7 +197,10 @@ def test_worker_reject_reaches_the_client_as_smqerror(deployment: Deployment) ->
     worker_key, client_key = deployment.worker_key("picky"), deployment.client_key()
     deployment.start_broker("--max-deliveries", "2")
 
-    def picky(body: bytes) -> bytes:
+    def picky(item: WorkItem) -> bytes:
+        body = item.body
+        if item.count > 1 and body.startswith(b"bad"):
+            assert item.index == 4 and item.offset == 24
         if body.startswith(b"bad"):
             raise Reject(422, retryable=False, reason="no bad input, please")
         if body.startswith(b"flaky"):
@@ -205,7 +209,7 @@ def test_worker_reject_reaches_the_client_as_smqerror(deployment: Deployment) ->
             raise ValueError("the handler broke")
         return body.upper()
 
-    deployment.python_worker(worker_key, "picky", picky)
+    deployment.python_worker(worker_key, "picky", picky, pass_item=True)
     client = deployment.client(client_key)
     deployment.wait_workers(client, "picky", 1)
 
