@@ -284,6 +284,9 @@ class SocketEngine:
                 waiter.set_exception(error)
         self._connected_waiters.clear()
         self.on_failed(error)
+        # Nothing can happen on a failed connection any more: the thread ends and releases the
+        # context; later calls are refused with this error.
+        self._stopping = True
 
     def _set_closed(self) -> None:
         if self.state in ("failed", "closed"):

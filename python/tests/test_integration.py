@@ -442,6 +442,35 @@ def test_a_revoked_worker_is_cut_off_and_refused(deployment: Deployment) -> None
     assert client.worker_count("upper") == 0
 
 
+def test_a_revoked_client_loses_its_jobs_and_is_refused(deployment: Deployment) -> None:
+    worker_key, client_key = deployment.worker_key("py"), deployment.client_key()
+    deployment.start_broker()
+    release, started = threading.Event(), threading.Event()
+
+    def gated(body: bytes) -> bytes:
+        started.set()
+        release.wait(20)
+        return body
+
+    deployment.python_worker(worker_key, "hold", gated)
+    client = deployment.client(client_key)
+    deployment.wait_workers(client, "hold", 1)
+    job = client.submit(b"x" * 100, "hold", fragment_size=10)
+    assert started.wait(10)
+    deployment.revoke(client_key)
+    # Within about a second: FAILED 403 for the open job (§1), then DISCONNECT; the client had
+    # been served, so it reconnects, and ZAP refuses it. (The broker of this checkout sends the
+    # DISCONNECT alone: the job then ends with the refusal, just as typed.)
+    with pytest.raises((SMQError, RejectedByServer)) as failure:
+        job.read(timeout=15)
+    if isinstance(failure.value, SMQError):
+        assert failure.value.code == 403
+    release.set()
+    with pytest.raises(RejectedByServer):
+        for _ in range(100):  # each request is bounded; the refusal ends the client
+            client.request("hold", b"again", timeout=5)
+
+
 def test_a_client_key_cannot_serve(deployment: Deployment) -> None:
     client_key = deployment.client_key()
     deployment.start_broker()
