@@ -107,8 +107,12 @@ class Proc:
             except (ProcessLookupError, subprocess.TimeoutExpired):
                 self.kill()
                 self.popen.wait(5)
-        for pipe in (self.popen.stdout, self.popen.stderr):
-            if pipe:
+        # The readers end at EOF (the process group is gone); closing a pipe under a reader
+        # would make it fail instead.
+        for reader in self._readers:
+            reader.join(5)
+        for pipe, reader in zip((self.popen.stdout, self.popen.stderr), self._readers):
+            if pipe and not reader.is_alive():
                 pipe.close()
 
     def transcript(self) -> str:
@@ -255,6 +259,14 @@ class Deployment:
             thread.join(5)
         for proc in reversed(self.procs):
             proc.stop()
+
+
+@pytest.fixture(autouse=True)
+def no_socket_thread_errors(caplog: pytest.LogCaptureFixture):  # type: ignore[no-untyped-def]
+    """The socket threads log an exception in a hook instead of dying: in a test, that is a failure."""
+    yield
+    errors = [r for r in caplog.records if r.name.startswith("securemq") and "unexpected error on the socket thread" in r.getMessage()]
+    assert not errors, "\n".join(caplog.text.splitlines()[-40:])
 
 
 @pytest.fixture(scope="session")
