@@ -70,7 +70,7 @@ def z85_encode(data: bytes) -> str:
     """Z85 (RFC 32) of ``data``, whose length is a multiple of 4."""
     if len(data) % 4:
         raise ValueError("Z85 encodes a multiple of 4 bytes")
-    out = []
+    out: List[str] = []
     for i in range(0, len(data), 4):
         value = int.from_bytes(data[i:i + 4], "big")
         chunk = []

@@ -109,7 +109,7 @@ class JobStats:
     busy_resends: int = 0
     resubmitted: int = 0
     duplicates: int = 0
-    per_worker: Counter = field(default_factory=Counter)
+    per_worker: "Counter[int]" = field(default_factory=Counter)
 
 
 class _JobState:
@@ -329,8 +329,7 @@ class _ClientEngine(SocketEngine):
         elif isinstance(message, Disconnect):
             # After a reconnection, what is unanswered is resent (on_connected).
             if not self.sent_us_away(message.reason):
-                error = Disconnected(f"the broker disconnected this client: {message.reason}")
-                self.fail(error)
+                self.fail(Disconnected(f"the broker disconnected this client: {message.reason}"))
         else:
             allowed, _ = self.rate_limiter.allow(f"unexpected-{message.command}")
             if allowed:

@@ -173,7 +173,7 @@ class Gatherer:
         """Results waiting out of order."""
         return len(self._held)
 
-    def accept(self, header: FragmentHeader, body: Union[bytes, memoryview], tag: int = 0) -> List[Result]:
+    def accept(self, header: FragmentHeader, body: Union[bytes, bytearray, memoryview], tag: int = 0) -> List[Result]:
         """Checks one result and returns the results that are now in order (maybe none).
 
         Checks, in order: job id, count, ``index < count``, body length, duplicate, window, and

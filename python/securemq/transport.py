@@ -17,11 +17,12 @@ import collections
 import heapq
 import itertools
 import logging
+import math
 import os
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
 
 import zmq
 from zmq.utils.monitor import parse_monitor_message
@@ -110,8 +111,8 @@ class SocketEngine:
         self._cert = cert
         self._max_message_size = max_message_size
         self._context = zmq.Context()
-        self._socket: Optional[zmq.Socket] = None
-        self._monitor: Optional[zmq.Socket] = None
+        self._socket: Optional["zmq.Socket[bytes]"] = None
+        self._monitor: Optional["zmq.Socket[bytes]"] = None
         self.state = "connecting"
         self.failure: Optional[SecureMQError] = None
         self.ever_connected = False
@@ -127,7 +128,7 @@ class SocketEngine:
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._timers: List[Tuple[float, int, Callable[[], None]]] = []
-        self._cancelled_timers: set = set()
+        self._cancelled_timers: Set[int] = set()
         self._timer_ids = itertools.count(1)
         self._stopping = False
         self._stopped = threading.Event()
@@ -484,9 +485,10 @@ class SocketEngine:
                     poller.register(socket, zmq.POLLIN | (zmq.POLLOUT if self._unsent else 0))
                 if monitor is not None:
                     poller.register(monitor, zmq.POLLIN)
-                timeout_ms: Optional[float] = None
+                timeout_ms: Optional[int] = None
                 if self._timers:
-                    timeout_ms = max(0.0, (self._timers[0][0] - time.monotonic()) * 1000)
+                    # Rounded up, so a timer is never woken for early and polled for again at 0 ms.
+                    timeout_ms = max(0, math.ceil((self._timers[0][0] - time.monotonic()) * 1000))
                 events = dict(poller.poll(timeout_ms))
                 if self._wake_r in events:
                     try:

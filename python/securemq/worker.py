@@ -20,6 +20,7 @@ never makes the worker look dead; the handler runs on the thread that called :me
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import queue
@@ -319,7 +320,7 @@ class Worker:
             except Exception as error:  # the handler's bug: the client hears of it, the log keeps it
                 engine.logger.exception("the handler failed on fragment %d", item.index)
                 outcome = Reject(FailureCode.WORKER_FAILURE, False, f"{type(error).__name__}: {error}")
-            engine.call(lambda item=item, outcome=outcome: engine.finish(item, outcome))
+            engine.call(functools.partial(engine.finish, item, outcome))
 
     def close(self, timeout: float = 5.0) -> None:
         """Sends DISCONNECT (the broker requeues what this worker holds), closes the socket and
