@@ -6,6 +6,7 @@ tested without a network (tests/test_pipeline.py).
 
 from __future__ import annotations
 
+import itertools
 import os
 import secrets
 import struct
@@ -52,18 +53,18 @@ class JobIds:
         self._prefix = prefix if prefix is not None else secrets.token_bytes(8)
         if len(self._prefix) != 8:
             raise ValueError("the job id prefix is 8 bytes")
-        self._jobs = 0
-        self._requests = 0
+        # itertools.count: next() is one step under the GIL, so callers on several threads never
+        # draw the same number.
+        self._jobs = itertools.count(1)
+        self._requests = itertools.count(1)
 
     def next_job(self) -> bytes:
         """A fresh id for a job."""
-        self._jobs = (self._jobs + 1) & (self._REQUEST_BIT - 1)
-        return self._prefix + struct.pack(">Q", self._jobs)
+        return self._prefix + struct.pack(">Q", next(self._jobs) & (self._REQUEST_BIT - 1))
 
     def next_request(self) -> bytes:
         """A fresh id for a one-fragment request."""
-        self._requests = (self._requests + 1) & (self._REQUEST_BIT - 1)
-        return self._prefix + struct.pack(">Q", self._REQUEST_BIT | self._requests)
+        return self._prefix + struct.pack(">Q", self._REQUEST_BIT | (next(self._requests) & (self._REQUEST_BIT - 1)))
 
 
 def fragment_count(total_length: int, fragment_size: int) -> int:

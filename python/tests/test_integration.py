@@ -187,6 +187,27 @@ def test_python_client_and_python_workers_multi_fragment_in_order(deployment: De
     path = tmp_path / "payload.txt"
     path.write_bytes(payload)
     assert client.submit(path, "upper", fragment_size=7777).read(timeout=30) == payload.upper()
+
+    # One client, many threads: requests and jobs at once, each answer to its own caller.
+    failures: list = []
+
+    def caller(number: int) -> None:
+        try:
+            for i in range(40):
+                text = f"thread {number} request {i}".encode()
+                assert client.request("upper", text, timeout=20) == text.upper()
+            data = random_text(5000)
+            assert client.submit(data, "upper", fragment_size=500, window=4).read(timeout=20) == data.upper()
+        except BaseException as error:  # reported below, in the test's thread
+            failures.append(error)
+
+    callers = [threading.Thread(target=caller, args=(n,)) for n in range(8)]
+    for thread in callers:
+        thread.start()
+    for thread in callers:
+        thread.join(60)
+    assert not failures, failures
+    assert not any(thread.is_alive() for thread in callers)
     assert_broker_accepted_everything(deployment)
 
 
