@@ -165,16 +165,20 @@ class SocketEngine:
         future: "concurrent.futures.Future[None]" = concurrent.futures.Future()
 
         def register() -> None:
-            if self.failure is not None:
-                future.set_exception(self.failure)
-            elif self.state == "connected" or (self.ever_connected and self.state != "closed"):
+            if self.ever_connected:
+                # Connected, maybe sent away at once since (a READY refused): connecting
+                # succeeded, and the next call reports why the connection ended.
                 future.set_result(None)
+            elif self.failure is not None:
+                future.set_exception(self.failure)
             elif self.state == "closed":
                 future.set_exception(Closed("closed before it connected"))
             else:
                 self._connected_waiters.append(future)
 
         if not self.call(register):
+            if self.ever_connected:
+                return
             raise self.failure or Closed("closed before it connected")
         try:
             future.result(timeout)
