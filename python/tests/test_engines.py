@@ -12,7 +12,7 @@ from typing import Iterator, List, Optional, Tuple
 import pytest
 import zmq
 
-from securemq import Client, Disconnected, IntegrityError, Reject, SMQError, Worker
+from securemq import Client, Closed, Disconnected, IntegrityError, PayloadError, Reject, SMQError, Worker
 from securemq.certs import Certificate, z85_decode
 from securemq.protocol import (
     WHOLE_JOB_INDEX,
@@ -409,3 +409,37 @@ def test_requests_use_ids_apart_from_jobs(broker: ScriptedBroker, peers: list) -
     job_id, request_id = job.header.job_id, request.header.job_id
     assert job_id[:8] == request_id[:8]
     assert struct.unpack(">Q", job_id[8:])[0] == 1 and request_id[8] & 0x80
+
+
+def test_a_file_that_grows_while_it_is_sent_fails_before_its_last_fragment(broker: ScriptedBroker, peers: list, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # C18: the broker never sees a complete job with a wrong-sized payload.
+    client = connect_client(broker, peers)
+    path = tmp_path / "growing.bin"
+    path.write_bytes(b"a" * 30)
+    job = client.submit(path, "svc", fragment_size=10, window=1)
+    identity, first = broker.fragment()
+    with open(path, "ab") as handle:
+        handle.write(b"more")
+    broker.result(identity, first, b"0")
+    assert job.next(timeout=5).body == b"0"
+    _, second = broker.fragment()
+    broker.result(identity, second, b"1")
+    assert job.next(timeout=5).body == b"1"
+    with pytest.raises(PayloadError, match="grew"):
+        job.next(timeout=5)
+    _, cancel = broker.expect(Cancel)
+    assert cancel.job_id == first.header.job_id  # type: ignore[attr-defined]
+
+
+def test_closing_the_client_ends_a_waiting_iterator(broker: ScriptedBroker, peers: list) -> None:
+    client = connect_client(broker, peers)
+    job = client.submit(b"abc", "svc")
+    broker.fragment()
+    outcome: list = []
+    reader = threading.Thread(target=lambda: outcome.append(_capture(lambda: job.read(timeout=10))))
+    reader.start()
+    client.close()
+    reader.join(10)
+    assert isinstance(outcome[0], Closed)
+    with pytest.raises(Closed):
+        client.submit(b"x", "svc")
