@@ -123,7 +123,8 @@ class SocketEngine:
         self._handshake_failures = 0
         self._unsent: Deque[bytes] = collections.deque()
         self._inbox: Deque[Callable[[], None]] = collections.deque()
-        self._inbox_lock = threading.Lock()
+        # Reentrant: close() from a signal handler may interrupt its own thread inside call().
+        self._inbox_lock = threading.RLock()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)

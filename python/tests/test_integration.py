@@ -357,6 +357,25 @@ def test_a_killed_python_workers_fragments_complete_elsewhere(deployment: Deploy
     assert set(job.stats.per_worker) == {survivor.tag}
 
 
+def test_sigterm_closes_a_python_worker_process_cleanly(deployment: Deployment) -> None:
+    worker_key, client_key = deployment.worker_key("py"), deployment.client_key()
+    deployment.start_broker()
+    process = deployment.start_python_worker_process(worker_key, "upper", "upper")
+    process.wait_for_line(lambda l: l == "connected", "'connected'", stream="stdout")
+    client = deployment.client(client_key)
+    deployment.wait_workers(client, "upper", 1)
+    assert client.request("upper", b"served", timeout=10) == b"SERVED"
+    # close() from the signal handler, while run() waits for work in the same thread.
+    process.kill(signal.SIGTERM)
+    assert process.wait_exit(10) == 0, process.transcript()
+    assert process.lines("stdout")[-1] == "closed"
+    # Gone from the broker (test_engines checks the DISCONNECT bytes themselves).
+    deadline = time.monotonic() + 5.0
+    while client.worker_count("upper") != 0:
+        assert time.monotonic() < deadline, "the broker still counts the closed worker"
+        time.sleep(0.02)  # between round trips; each answer is the event
+
+
 def test_a_slow_handler_never_looks_dead(deployment: Deployment) -> None:
     worker_key, client_key = deployment.worker_key("slow"), deployment.client_key()
     deployment.start_broker()

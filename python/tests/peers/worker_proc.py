@@ -8,11 +8,13 @@ Modes:
           dies holding work)
 
 Prints "connected" once the CURVE handshake succeeded; exits 1 with "Error: ..." on a
-SecureMQError.
+SecureMQError. SIGTERM closes the worker from the signal handler (DISCONNECT, then run() returns)
+and the process exits 0.
 """
 
 from __future__ import annotations
 
+import signal
 import sys
 import threading
 
@@ -29,6 +31,7 @@ def main() -> int:
         return 1
     print("connected", flush=True)
     forever = threading.Event()
+    signal.signal(signal.SIGTERM, lambda number, frame: worker.close())
 
     def handle(body: bytes) -> bytes:
         if mode == "hold":
@@ -41,6 +44,7 @@ def main() -> int:
     except SecureMQError as error:
         print(f"Error: {error}", flush=True)
         return 1
+    print("closed", flush=True)
     return 0
 
 
