@@ -139,8 +139,8 @@ def test_swift_client_served_by_python_workers(deployment: Deployment, tmp_path:
     assert sum(counts.values()) == 64
     assert_broker_accepted_everything(deployment)
 
-    # close() sends DISCONNECT: the broker forgets the worker at once, not after heartbeat
-    # silence (2.5 s x 3 by default; the deadline here is shorter).
+    # close() leaves (DISCONNECT, then the socket closes): the broker forgets the worker at once,
+    # not after heartbeat silence (2.5 s x 3 by default; the deadline here is shorter).
     deployment.workers[0].close()
     probe_client = deployment.clients[0]
     deadline = time.monotonic() + 2.0
