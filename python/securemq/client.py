@@ -432,7 +432,7 @@ class Job:
         """Counters of what happened (read them after the job ended)."""
         return self._state.stats
 
-    def __iter__(self) -> "Job":
+    def __iter__(self) -> Job:
         return self
 
     def __next__(self) -> Result:
@@ -503,7 +503,7 @@ class Client:
 
     @classmethod
     def connect(cls, endpoint: str, broker_key: KeySource, cert: CertSource, *, options: Optional[ClientOptions] = None,
-                logger: Optional[logging.Logger] = None, **overrides: object) -> "Client":
+                logger: Optional[logging.Logger] = None, **overrides: object) -> Client:
         """Connects to a broker and waits for the CURVE handshake.
 
         Args:
@@ -615,7 +615,7 @@ class Client:
         """Closes the connection; open jobs and requests fail with :class:`Closed`."""
         self._engine.stop()
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

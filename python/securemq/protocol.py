@@ -340,7 +340,7 @@ class FragmentHeader:
     def make(
         cls, job_id: bytes, index: int, count: int, body: Union[bytes, bytearray, memoryview],
         offset: int = 0, total_length: int = 0, body_digest: Optional[bytes] = None,
-    ) -> "FragmentHeader":
+    ) -> FragmentHeader:
         """A well-formed header for ``body``: version 1, LAST exactly on ``count - 1``, the
         body's length and SHA-256 (``body_digest`` when the caller already has it)."""
         return cls(
@@ -362,7 +362,7 @@ class FragmentHeader:
         )
 
     @classmethod
-    def unpack(cls, data: Union[bytes, bytearray, memoryview], offset: int = 0) -> "FragmentHeader":
+    def unpack(cls, data: Union[bytes, bytearray, memoryview], offset: int = 0) -> FragmentHeader:
         """Reads 80 bytes at ``offset`` without checking them."""
         (version, flags, reserved, job_id, index, count, frag_offset, total, length, dig) = _HEADER.unpack_from(data, offset)
         return cls(

@@ -224,7 +224,7 @@ class Worker:
     @classmethod
     def connect(cls, endpoint: str, broker_key: KeySource, cert: CertSource, service: str, credit: int = 1, *,
                 options: Optional[WorkerOptions] = None, logger: Optional[logging.Logger] = None,
-                **overrides: object) -> "Worker":
+                **overrides: object) -> Worker:
         """Connects to a broker, waits for the CURVE handshake and sends READY.
 
         Args:
@@ -327,7 +327,7 @@ class Worker:
         makes :meth:`run` return. Waits at most ``timeout`` seconds for the socket thread."""
         self._engine.stop(timeout)
 
-    def __enter__(self) -> "Worker":
+    def __enter__(self) -> Worker:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
