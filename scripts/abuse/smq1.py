@@ -16,6 +16,7 @@ import hashlib
 import ipaddress
 import json
 import os
+import signal
 import struct
 import sys
 import time
@@ -181,6 +182,14 @@ class Peer:
         self.deadline = self.started + args.duration
         self.counts = {"sent": 0, "send_timeouts": 0, "received": 0}
         self.codes = {}
+        # SIGINT or SIGTERM ends the run early but cleanly: the loops see the deadline passed and
+        # the report is printed as usual.
+        for number in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(number, self._stop_now)
+
+    def _stop_now(self, number, frame):
+        self.deadline = 0.0
+        self.counts["stopped_by_signal"] = number
 
     def alive(self):
         return time.monotonic() < self.deadline

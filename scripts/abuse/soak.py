@@ -34,14 +34,16 @@ TICKS = os.sysconf("SC_CLK_TCK")
 
 # name → (script, role of its key, extra arguments, the honest workers' delay per fragment in ms
 # or None for --worker-delay-ms). budget-filler's workers are slow on purpose: the filler must be
-# able to send faster than they work, or the budget never fills and nothing is measured.
+# able to send faster than they work, or the budget never fills and nothing is measured; and its
+# fragments are small (16 KiB, 128 MiB outstanding), so the budget is full to the last gap an honest
+# fragment could slip into.
 SHAPES = {
     "zero-fragments": ("zero_fragments.py", "client", [], None),
     "sparse-indexes": ("sparse_indexes.py", "client", [], None),
     "no-reader": ("no_reader.py", "client", [], None),
     "new-services": ("new_services.py", "client", [], None),
     "submit-cancel": ("submit_cancel.py", "client", [], None),
-    "budget-filler": ("budget_filler.py", "client", [], 200),
+    "budget-filler": ("budget_filler.py", "client", ["--jobs", "32", "--fragments", "256", "--size", "16384"], 200),
     "silent-worker": ("silent_worker.py", "worker", [], None),
     "unreadable-reject": ("reject_worker.py", "worker", [], None),
     "forged-done": ("forged_done.py", "worker", [], None),
