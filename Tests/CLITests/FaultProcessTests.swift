@@ -223,7 +223,8 @@ extension FaultProcessTests {
         try await waitUntil("20 results") { fileSize(output) >= 20 * 1024 }
         try c.certs.revoke(c.client)
         try await c.broker.child.waitForLine(containing: "key revoked", "key=\(c.client.fingerprint)")
-        #expect(fileSize(output) < payload.count && submit.isRunning, "the job ended before the revocation landed: nothing was tested")
+        // (The client itself may be gone already: sent away, refused, done. Not its job.)
+        #expect(fileSize(output) < payload.count, "the job ended before the revocation landed: nothing was tested")
         // Sent away (DISCONNECT, or FAILED 403 for its job), the client stops with a reason…
         let ended = try await submit.waitForExit(timeout: .seconds(60))
         #expect(!ended.succeeded)

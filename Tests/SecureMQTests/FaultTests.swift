@@ -166,7 +166,7 @@ struct FaultTests {
         await shutdown.value
         await client.close()
         await other.close()
-        await fixture.stopWorkers()
+        await fixture.stopWorkers(brokerGone: true)
     }
 
     @Test func drainRefusesNewSubmits() async throws {
@@ -194,7 +194,7 @@ struct FaultTests {
         #expect(try await first.collect() == [1])
         await shutdown.value
         await client.close()
-        await fixture.stopWorkers()
+        await fixture.stopWorkers(brokerGone: true)
     }
 }
 
