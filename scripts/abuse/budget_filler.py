@@ -3,6 +3,7 @@
 not starve the others). Keeps --jobs jobs of --fragments × --size bytes open, sends every fragment
 at once, resends a fragment answered BUSY as soon as anything comes back, reads its results and
 opens a new job when one ends."""
+import collections
 import hashlib
 import os
 
@@ -25,7 +26,7 @@ def run():
     size = len(body)
     next_job = 0
     open_jobs = {}   # job id → results still missing
-    pending = []     # (job, index) to send
+    pending = collections.deque()  # (job, index) to send
     completed = 0
 
     def open_job():
@@ -41,13 +42,13 @@ def run():
         while pending and peer.alive():
             job, index = pending[0]
             if job not in open_jobs:
-                pending.pop(0)
+                pending.popleft()
                 continue
             message = smq1.submit(job, index, count, args.service, body, offset=index * size, total=count * size,
                                   digest=digest, fragment_size=size)
             if not peer.send(message):
                 break
-            pending.pop(0)
+            pending.popleft()
             # Read between sends so BUSY answers come back in time to be resent.
             if peer.socket.poll(0, smq1.zmq.POLLIN):
                 break
