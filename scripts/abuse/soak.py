@@ -11,8 +11,9 @@ in a loop, then --idle seconds of nothing. Measured from /proc/PID of the broker
   1 s after the hostile peer has stopped;
 - log bytes per second written by the broker during the abuse;
 - honest jobs: how many completed, failed (with the CLI's Error line) or did not end in time;
-- for budget-filler: an honest client's 8 MiB job, quiet and while the filler floods (median of
-  three each), and their ratio.
+- for budget-filler: an honest client's 8 MiB job, quiet (median of three) and while the filler
+  floods (median of as many as fit in --duration, at most three; one that ends only after the
+  flood did is marked: its time is then a lower bound), and their ratio.
 Only 127.0.0.1 is used."""
 
 import argparse
