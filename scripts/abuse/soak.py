@@ -357,8 +357,8 @@ def main():
         with open(payloads[label], "wb") as file:
             file.write(os.urandom(size))
     commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    print(f"soak: commit {commit}, {options.duration:g} s per shape, byte budget {options.byte_budget}, "
-          f"broker flags {options.broker_arg}, logs in {directory}")
+    print(f"soak: scripts at commit {commit}, binaries from {options.bin_dir}, {options.duration:g} s per shape, "
+          f"byte budget {options.byte_budget}, broker flags {options.broker_arg}, logs in {directory}")
     reports = []
     try:
         for shape in shapes:
