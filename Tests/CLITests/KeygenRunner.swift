@@ -30,13 +30,19 @@ struct Keygen {
 
     let directory: String
 
-    @discardableResult
-    func run(_ arguments: String..., stdin: String? = nil) throws -> Result {
-        try run(arguments, stdin: stdin)
-    }
+    /// How long one `keygen` run may take: generous for a debug build on two busy cores; a run
+    /// returns as soon as the process ends.
+    static let defaultTimeout: Duration = .seconds(30)
 
     @discardableResult
-    func run(_ arguments: [String], stdin: String? = nil) throws -> Result {
+    func run(_ arguments: String..., stdin: String? = nil, timeout: Duration = defaultTimeout) throws -> Result {
+        try run(arguments, stdin: stdin, timeout: timeout)
+    }
+
+    /// Runs `keygen` with `arguments` and waits for it, at most `timeout`.
+    /// - Throws: when it cannot start, or still runs at the deadline (it is then killed).
+    @discardableResult
+    func run(_ arguments: [String], stdin: String? = nil, timeout: Duration = defaultTimeout) throws -> Result {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: try Self.executable())
         process.arguments = arguments
@@ -62,13 +68,30 @@ struct Keygen {
         try process.run()
         if let stdin { input.fileHandleForWriting.write(Data(stdin.utf8)) }
         try input.fileHandleForWriting.close()
-        process.waitUntilExit()
+        try Self.waitForExit(process, timeout: timeout, what: arguments)
         try out.close()
         try err.close()
         return Result(
             status: process.terminationStatus,
             stdout: try String(contentsOfFile: outPath, encoding: .utf8),
             stderr: try String(contentsOfFile: errPath, encoding: .utf8))
+    }
+}
+
+extension Keygen {
+    /// Waits until `process` ends, polling with a deadline (Foundation's `waitUntilExit` has no
+    /// bound: a keygen that hangs would hang the whole test run). At the deadline the process is
+    /// killed and reaped, and the wait throws.
+    static func waitForExit(_ process: Process, timeout: Duration, what arguments: [String]) throws {
+        let deadline = ContinuousClock.now + timeout
+        while process.isRunning {
+            if ContinuousClock.now >= deadline {
+                kill(process.processIdentifier, SIGKILL)
+                process.waitUntilExit()  // SIGKILL cannot be ignored: this returns at once
+                throw HarnessError("keygen \(arguments.joined(separator: " ")) still ran \(timeout) later; killed")
+            }
+            usleep(2_000)
+        }
     }
 }
 

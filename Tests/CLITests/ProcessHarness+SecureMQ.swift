@@ -89,3 +89,104 @@ func firstDifference(_ a: some Collection<UInt8>, _ b: some Collection<UInt8>) -
     guard let index = zip(a, b).enumerated().first(where: { $0.element.0 != $0.element.1 })?.offset else { return "equal" }
     return "first difference at byte \(index)"
 }
+
+/// The hostile and probing peers of `scripts/abuse` (pyzmq, CURVE, SMQ/1 bytes built by hand).
+enum AbusePeers {
+    /// The package root: three levels above this file (Tests/CLITests/ProcessHarness+SecureMQ.swift).
+    static let packageRoot: String = {
+        var url = URL(fileURLWithPath: #filePath)
+        for _ in 0..<3 { url.deleteLastPathComponent() }
+        return url.path
+    }()
+
+    /// A Python with pyzmq: `SMQ_PYTHON` (scripts/test sets it), else the package's `.venv`.
+    /// - Throws: naming what to run when there is none: a test that needs it never passes silently.
+    static func python() throws -> String {
+        let candidates = [ProcessInfo.processInfo.environment["SMQ_PYTHON"], packageRoot + "/.venv/bin/python"]
+            .compactMap { $0 }.filter { !$0.isEmpty }
+        guard let found = candidates.first(where: { FileManager.default.isExecutableFile(atPath: $0) }) else {
+            throw HarnessError("no Python with pyzmq (tried \(candidates)): run scripts/ensure-deps --test, or set SMQ_PYTHON")
+        }
+        return found
+    }
+
+    static func script(_ name: String) -> String { packageRoot + "/scripts/abuse/" + name }
+}
+
+extension ProcessHarness {
+    /// Starts `scripts/abuse/SCRIPT` as `peer` against `broker`; it stops by itself after `duration`.
+    func startAbuse(_ script: String, as peer: TestPeer, certs: TestCertificates, broker: BrokerProcess,
+                    duration: Double, arguments: [String] = [], name: String? = nil) throws -> ChildProcess {
+        try start(executable: try AbusePeers.python(),
+                  ["-u", AbusePeers.script(script)] + peerArguments(peer, certs: certs, broker: broker)
+                  + ["--duration", "\(duration)"] + arguments,
+                  name: name ?? (script.replacingOccurrences(of: ".py", with: "") + "-" + peer.name))
+    }
+
+    /// Runs `scripts/abuse/SCRIPT` to its end and returns the JSON object it printed last.
+    /// - Throws: when it does not end within `duration` + `grace`, fails, or prints no JSON.
+    func runAbuse(_ script: String, as peer: TestPeer, certs: TestCertificates, broker: BrokerProcess,
+                  duration: Double, arguments: [String] = [], grace: Duration = .seconds(30)) async throws -> AbuseReport {
+        let child = try startAbuse(script, as: peer, certs: certs, broker: broker, duration: duration, arguments: arguments)
+        return try await AbuseReport(child, timeout: .milliseconds(Int(duration * 1000)) + grace)
+    }
+}
+
+/// The one JSON line a peer of `scripts/abuse` prints when it ends.
+struct AbuseReport: Sendable, CustomStringConvertible {
+    let object: [String: any Sendable]
+    let transcript: String
+
+    init(_ child: ChildProcess, timeout: Duration) async throws {
+        let ended = try await child.waitForExit(timeout: timeout)
+        guard ended == .exited(0) else { throw HarnessError("\(child) \(ended)\n\(child.transcript())") }
+        guard let line = child.lines(.stdout).last(where: { $0.hasPrefix("{") }),
+              let parsed = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any] else {
+            throw HarnessError("\(child) printed no JSON report\n\(child.transcript())")
+        }
+        object = parsed.mapValues { Self.sendable($0) }
+        transcript = child.transcript()
+    }
+
+    private static func sendable(_ value: Any) -> any Sendable {
+        switch value {
+        case let number as NSNumber: return number.intValue
+        case let text as String: return text
+        case let dictionary as [String: Any]: return dictionary.mapValues { sendable($0) }
+        case let array as [Any]: return array.map { sendable($0) }
+        default: return "\(value)"
+        }
+    }
+
+    /// An integer at a path of keys (`["failed_codes", "410"]`), or nil.
+    func int(_ path: String...) -> Int? { value(path) as? Int }
+    func string(_ path: String...) -> String? { value(path) as? String }
+    func dictionary(_ path: String...) -> [String: any Sendable]? { value(path) as? [String: any Sendable] }
+    func array(_ path: String...) -> [any Sendable]? { value(path) as? [any Sendable] }
+
+    private func value(_ path: [String]) -> (any Sendable)? {
+        var current: (any Sendable)? = object
+        for key in path { current = (current as? [String: any Sendable])?[key] }
+        return current
+    }
+
+    var description: String { "\(object)\n\(transcript)" }
+}
+
+/// Memory and CPU of a running process, from /proc (Linux).
+struct ProcStatus: Sendable {
+    /// Resident set size now, and its peak over the process's life (VmHWM), in bytes.
+    let rss: Int
+    let peakRSS: Int
+
+    init?(_ pid: pid_t) {
+        guard let text = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else { return nil }
+        func kilobytes(_ field: String) -> Int? {
+            text.split(separator: "\n").first { $0.hasPrefix(field + ":") }
+                .flatMap { Int($0.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "") }
+        }
+        guard let rss = kilobytes("VmRSS"), let peak = kilobytes("VmHWM") else { return nil }
+        self.rss = rss * 1024
+        peakRSS = peak * 1024
+    }
+}

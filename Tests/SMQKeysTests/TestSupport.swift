@@ -49,7 +49,9 @@ func permissions(of path: String) throws -> mode_t {
 }
 
 /// Runs a program to completion and returns its exit status and output.
-func runProgram(_ executable: String, _ arguments: [String], in directory: String? = nil) throws -> (status: Int32, stdout: String, stderr: String) {
+/// - Throws: when it cannot start, or still runs after `timeout` (it is then killed).
+func runProgram(_ executable: String, _ arguments: [String], in directory: String? = nil,
+                timeout: Duration = .seconds(60)) throws -> (status: Int32, stdout: String, stderr: String) {
     let process = Process()
     process.executableURL = URL(fileURLWithPath: executable)
     process.arguments = arguments
@@ -68,7 +70,16 @@ func runProgram(_ executable: String, _ arguments: [String], in directory: Strin
     process.standardOutput = out
     process.standardError = err
     try process.run()
-    process.waitUntilExit()
+    // Bounded: Foundation's waitUntilExit has none, and a hung peer would hang the whole run.
+    let deadline = ContinuousClock.now + timeout
+    while process.isRunning {
+        if ContinuousClock.now >= deadline {
+            kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()  // SIGKILL cannot be ignored: this returns at once
+            throw POSIXError(.ETIMEDOUT, userInfo: [NSLocalizedDescriptionKey: "\(executable) \(arguments) still ran \(timeout) later; killed"])
+        }
+        usleep(2_000)
+    }
     try out.close()
     try err.close()
     return (process.terminationStatus, try readFile(outPath), try readFile(errPath))

@@ -130,27 +130,43 @@ struct FaultTests {
         #expect(summary.duplicates == 0)
         await client.close()
         for worker in workers { await worker.close() }
+        try await tasks[1].value  // w2 was never revoked: an error of its own fails the test
         await broker.shutdown()
     }
 
     @Test func drainingBrokerAnswers503ToNewJobs() async throws {
-        let fixture = try await PipelineFixture(peers: [("client-1", "client", 1), ("w1", "worker", 1)]) {
-            $0.drainTimeout = .seconds(5)
+        let fixture = try await PipelineFixture(peers: [("client-1", "client", 1), ("client-2", "client", 1), ("w1", "worker", 1)]) {
+            $0.drainTimeout = .seconds(20)
         }
+        // The worker holds the in-flight fragment until the new job has been refused, so the drain
+        // is still on when the new job arrives, whatever the machine's load.
+        let (gate, open) = AsyncStream<Void>.makeStream()
         try await fixture.startWorker("w1") { item in
-            try await Task.sleep(for: .milliseconds(200))
+            for await _ in gate { break }
             return item.body
         }
         let client = try await fixture.client("client-1")
         try await fixture.waitForWorkers(1, using: client)
         let inFlight = try await client.submit(.bytes([1, 2, 3]), to: "echo")
         try await waitFor("dispatch") { await fixture.broker.statistics().dispatched >= 1 }
+        // Connected before the drain: a new job of a client the broker already knows.
+        let other = try await fixture.client("client-2")
+        #expect(try await other.request(Array("echo".utf8), service: "mmi.service") == Array("200".utf8))
         let shutdown = Task { await fixture.broker.shutdown() }
-        // The in-flight fragment still completes while the broker drains…
+        try await waitFor("draining") { await fixture.broker.isDraining }
+        let newJob = try await other.submit(.bytes(patternBytes(3000)), to: "echo")
+        let refusal = await #expect(throws: SecureMQError.self) { _ = try await newJob.collect() }
+        #expect(refusal?.status == 503, "\(String(describing: refusal))")
+        // Refused at once: nothing of it was queued or dispatched.
+        #expect(await fixture.broker.statistics().dispatched == 1)
+        // …and the in-flight fragment still completes while the broker drains.
+        open.yield()
+        open.finish()
         #expect(try await inFlight.collect() == [1, 2, 3])
         await shutdown.value
         await client.close()
-        for worker in fixture.workers { await worker.close() }
+        await other.close()
+        await fixture.stopWorkers(brokerGone: true)
     }
 
     @Test func drainRefusesNewSubmits() async throws {
@@ -178,7 +194,7 @@ struct FaultTests {
         #expect(try await first.collect() == [1])
         await shutdown.value
         await client.close()
-        for worker in fixture.workers { await worker.close() }
+        await fixture.stopWorkers(brokerGone: true)
     }
 }
 

@@ -11,7 +11,9 @@ final class PipelineFixture: @unchecked Sendable {
     let broker: Broker
     let allowlist: Allowlist
     let logs: InMemoryLogHandler
-    private var workerTasks: [Task<Void, any Error>] = []
+    /// Each worker's serving task, and whether the test expects it to end with an error (a
+    /// revoked or refused worker): any other error fails the test in ``stop()``.
+    private var workerTasks: [(name: String, expectsError: Bool, task: Task<Void, any Error>)] = []
     private(set) var workers: [Worker] = []
 
     struct Peer {
@@ -45,8 +47,10 @@ final class PipelineFixture: @unchecked Sendable {
     func keys(_ name: String) -> KeyPair { peers.first { $0.name == name }!.keys }
 
     /// Starts a worker that runs `handler` until the fixture stops.
+    /// - Parameter expectsError: the test expects this worker's `run` to throw (it is revoked,
+    ///   refused or sent away); otherwise an error it throws fails the test when the fixture stops.
     @discardableResult
-    func startWorker(_ name: String, service: String = "echo", credit: Int = 8,
+    func startWorker(_ name: String, service: String = "echo", credit: Int = 8, expectsError: Bool = false,
                      handler: @escaping @Sendable (WorkItem) async throws -> [UInt8] = { $0.body },
                      configure: (inout Worker.Options) -> Void = { _ in }) async throws -> Worker {
         var options = Worker.Options()
@@ -55,7 +59,7 @@ final class PipelineFixture: @unchecked Sendable {
         let worker = try await Worker.connect(to: endpoint, brokerKey: brokerKeys.publicKey, keyPair: keys(name),
                                               service: service, options: options, context: context)
         workers.append(worker)
-        workerTasks.append(Task { try await worker.run(handler) })
+        workerTasks.append((name, expectsError, Task { try await worker.run(handler) }))
         return worker
     }
 
@@ -77,9 +81,29 @@ final class PipelineFixture: @unchecked Sendable {
         throw SecureMQError(.timedOut, "workers did not register")
     }
 
-    func stop() async {
+    /// Closes every worker and waits for its serving task: an error a worker's `run` threw that
+    /// the test did not expect fails the test (a worker that fell over must not go unseen).
+    /// - Parameter brokerGone: the broker has already shut down (a drain test). Its DISCONNECT
+    ///   sends the workers to connect anew (C31), and the port may by then belong to another
+    ///   test's broker, whose ZAP refuses them: that refusal is not this test's business.
+    func stopWorkers(brokerGone: Bool = false) async {
         for worker in workers { await worker.close() }
-        for task in workerTasks { _ = try? await task.value }
+        for entry in workerTasks {
+            do {
+                try await entry.task.value
+            } catch where entry.expectsError {
+                // The test said this worker ends with an error, and checks which itself.
+            } catch let error as SecureMQError where brokerGone && error.code == .rejectedByServer {
+                // Reconnected to a port another test's broker took over (see above).
+            } catch {
+                Issue.record("worker \(entry.name) failed: \(error)")
+            }
+        }
+        workerTasks.removeAll()
+    }
+
+    func stop() async {
+        await stopWorkers()
         await broker.shutdown()
     }
 }

@@ -321,7 +321,7 @@ struct PipelineTests {
         let refused = await #expect(throws: SecureMQError.self) { _ = try await client.request([0xFF], service: "sha256") }
         #expect(refused?.status == 415)
         await worker.close()
-        _ = try? await serving.value
+        try await serving.value  // a worker that failed while serving fails the test
         await client.close()
         await fixture.stop()
     }
@@ -346,7 +346,7 @@ struct PipelineTests {
         }
         #expect(index == 16)
         await worker.close()
-        _ = try? await serving.value
+        try await serving.value  // a worker that failed while serving fails the test
         await client.close()
         await fixture.stop()
     }
