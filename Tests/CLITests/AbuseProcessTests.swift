@@ -296,11 +296,10 @@ struct AbuseProcessTests {
     @Test func anAbsurdFragmentHeaderFailsWith400AndNoWorkerFallsOver() async throws {
         let a = try await arena("abuse-header", brokerArguments: ["--service-timeout", "5"])
         defer { a.harness.tearDown() }
-        await withKnownIssue("the header checks are fixed on main (2e40007); this branch forwards the header and the worker traps") {
-            let report = try await a.harness.runAbuse("absurd_header.py", as: a.hostileClient, certs: a.certs, broker: a.broker, duration: 20)
-            #expect(report.string("last") == "failed 400", "\(report)")
-            for worker in a.workers { #expect(worker.isRunning, "\(worker.transcript())") }
-        }
+        // PROTOCOL.md C33: the broker answers 400 before any worker sees the header.
+        let report = try await a.harness.runAbuse("absurd_header.py", as: a.hostileClient, certs: a.certs, broker: a.broker, duration: 20)
+        #expect(report.string("last") == "failed 400", "\(report)")
+        for worker in a.workers { #expect(worker.isRunning, "\(worker.transcript())") }
         #expect(a.broker.child.isRunning)
     }
 }
