@@ -69,9 +69,13 @@ struct BenchShape: ParsableArguments {
 
     func validate() throws {
         guard size >= 16 else { throw ValidationError("--size must be at least 16 (the request carries a timestamp and a sequence number)") }
+        try OptionCheck.integer(size, option: "--size", 16...(1 << 30))
         guard replySize == 0 || replySize >= 16 else { throw ValidationError("--reply-size must be 0 (echo) or at least 16") }
-        guard inflight >= 1 else { throw ValidationError("--inflight must be at least 1") }
-        guard count >= 0, seconds > 0, warmup >= 0 else { throw ValidationError("--count, --seconds and --warmup must not be negative") }
+        try OptionCheck.integer(replySize, option: "--reply-size", 0...(1 << 30))
+        try OptionCheck.integer(inflight, option: "--inflight", 1...100_000)
+        try OptionCheck.integer(count, option: "--count", 0...Int(UInt32.max))
+        try OptionCheck.seconds(seconds, option: "--seconds")
+        try OptionCheck.seconds(warmup, option: "--warmup", allowZero: true)
     }
 
     /// The largest fragment either way.
@@ -133,8 +137,10 @@ struct BenchRun: AsyncParsableCommand {
 
     func validate() throws {
         guard (1...64).contains(workers), (1...64).contains(clients) else { throw ValidationError("--workers and --clients must be 1…64") }
-        guard credit >= 1 else { throw ValidationError("--credit must be at least 1") }
+        try OptionCheck.integer(credit, option: "--credit", 1...65_536)
         _ = try ByteSize.parse(byteBudget, option: "--byte-budget")
+        if let maxJobs { try OptionCheck.integer(maxJobs, option: "--max-jobs", 1...1_000_000) }
+        try OptionCheck.seconds(timeout, option: "--timeout")
         for wrap in wraps where !BenchRole.allCases.contains(where: { wrap.hasPrefix($0.rawValue + "=") }) {
             throw ValidationError("--wrap takes ROLE=COMMAND with ROLE broker, worker or client; got '\(wrap)'")
         }
@@ -171,7 +177,7 @@ struct BenchRun: AsyncParsableCommand {
         let brokerPath = binDir.appendingPathComponent("secure-broker").path
         let jobs = maxJobs ?? (shape.clientMode == .request ? shape.inflight + 16 : 64)
         let started = ContinuousClock.now
-        let deadline = started + .milliseconds(Int(timeout * 1000))
+        let deadline = started + OptionCheck.duration(seconds: timeout)
 
         let broker = try children.spawn(wrapper(.broker, 0), brokerPath, [
             "--endpoint", endpoint, "--cert", certs + "/broker.key_secret", "--allowlist", certs + "/allowed",
@@ -275,6 +281,7 @@ struct BenchRun: AsyncParsableCommand {
                                 deadline: ContinuousClock.Instant) async throws {
         var options = Client.Options()
         options.connection.connectTimeout = .seconds(10)
+        options.connection.refusedConnectionLimit = nil  // the broker was just started
         let client: Client
         do { client = try await Client.connect(to: endpoint, brokerKey: brokerKey, keyPair: probe, options: options) } catch {
             fail("cannot reach the bench broker: \(error.message)")
@@ -509,12 +516,16 @@ struct BenchWorker: AsyncParsableCommand {
     @Option(help: "Fragments held at once (the broker caps it at weight × base window).")
     var credit: Int = 100
 
+    func validate() throws {
+        try OptionCheck.integer(credit, option: "--credit", 1...65_536)
+    }
+
     func run() async throws {
         let (brokerKey, keyPair, logger) = try peer.load()
         var options = Worker.Options()
         options.credit = credit
         options.maxFragmentSize = shape.maxFragment
-        options.connection = peer.connectionOptions
+        options.connection = peer.connectionOptions(waitForBroker: true)
         let worker: Worker
         do {
             worker = try await Worker.connect(to: peer.broker, brokerKey: brokerKey, keyPair: keyPair, service: shape.service,
@@ -575,6 +586,10 @@ struct BenchClient: AsyncParsableCommand {
     @Option(help: "This client's number in the result line.")
     var index: Int = 0
 
+    func validate() throws {
+        try OptionCheck.integer(index, option: "--index", 0...1_000_000)
+    }
+
     @Option(help: "Job mode: the payload file (count × size bytes; with --seconds the job is cancelled when time is up).")
     var payload: String?
 
@@ -582,7 +597,7 @@ struct BenchClient: AsyncParsableCommand {
         let (brokerKey, keyPair, logger) = try peer.load()
         var options = Client.Options()
         options.maxFragmentSize = shape.maxFragment
-        options.connection = peer.connectionOptions
+        options.connection = peer.connectionOptions()
         if shape.clientMode == .job {
             options.fragmentSize = shape.size
             options.window = shape.inflight

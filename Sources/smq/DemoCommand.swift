@@ -10,7 +10,7 @@ struct DemoCommand: AsyncParsableCommand {
         abstract: "Run the whole pipeline on loopback: keys, broker, 3 workers (weights 1, 2, 4), a checked job."
     )
 
-    @Option(help: "Payload size. Suffixes K, M, G.")
+    @Option(help: "Payload size, at most 16G. Suffixes K, M, G.")
     var size: String = "64M"
 
     @Option(help: "Fragment size. Suffixes K, M.")
@@ -26,8 +26,11 @@ struct DemoCommand: AsyncParsableCommand {
     var workdir: String?
 
     func validate() throws {
-        _ = try ByteSize.parse(size, option: "--size")
-        _ = try ByteSize.parse(fragmentSize, option: "--fragment-size")
+        let payload = try OptionCheck.size(size, option: "--size", 1...(16 << 30))
+        let fragment = try OptionCheck.size(fragmentSize, option: "--fragment-size", 1...OptionCheck.maxFragment)
+        guard payload / fragment < Int(UInt32.max) else { throw ValidationError("--size / --fragment-size must be under 2^32 fragments: use larger fragments") }
+        try OptionCheck.integer(window, option: "--window", 1...65_536)
+        try OptionCheck.integer(delayMs, option: "--delay-ms", 0...3_600_000)
     }
 
     func run() async throws {
@@ -95,6 +98,7 @@ struct DemoCommand: AsyncParsableCommand {
         var options = Client.Options()
         options.fragmentSize = fragment
         options.maxFragmentSize = max(options.maxFragmentSize, fragment)
+        options.connection.refusedConnectionLimit = nil  // the broker was just started
         options.window = window
         let client = try await Client.connect(to: endpoint, brokerKey: brokerKeys.publicKey, keyPair: clientKeys, options: options)
         // Wait until all three workers are registered, so the shares show the weights.

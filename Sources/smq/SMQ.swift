@@ -32,7 +32,7 @@ struct PeerOptions: ParsableArguments {
 
     func validate() throws {
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("--log-level must be trace, debug, info, notice, warning or error") }
-        guard connectTimeout > 0 else { throw ValidationError("--connect-timeout must be positive") }
+        try OptionCheck.seconds(connectTimeout, option: "--connect-timeout")
     }
 
     func load() throws -> (brokerKey: PublicKey, keyPair: KeyPair, logger: Logger) {
@@ -52,9 +52,12 @@ struct PeerOptions: ParsableArguments {
         }
     }
 
-    var connectionOptions: ConnectionOptions {
+    /// A client fails at once when nothing listens at the endpoint (a typo, a broker not
+    /// started); a worker (`waitForBroker`) waits the connect timeout for its broker to come up.
+    func connectionOptions(waitForBroker: Bool = false) -> ConnectionOptions {
         var options = ConnectionOptions()
-        options.connectTimeout = .milliseconds(Int(connectTimeout * 1000))
+        options.connectTimeout = OptionCheck.duration(seconds: connectTimeout)
+        if waitForBroker { options.refusedConnectionLimit = nil }
         return options
     }
 }

@@ -1,11 +1,17 @@
 import ArgumentParser
 import Foundation
+import Synchronization
 import SecureMQ
 
 struct SubmitCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "submit",
-        abstract: "Submit a file (or stdin) to a service; write the results in order and print a summary."
+        abstract: "Submit a file (or stdin) to a service; write the results in order and print a summary.",
+        discussion: """
+            --output F is written to a temporary file beside F and renamed over F only when every \
+            result is in: a failed or interrupted submit leaves F as it was. Standard input (-) is \
+            spooled to an unlinked private file first, up to --stdin-limit bytes.
+            """
     )
 
     @OptionGroup var peer: PeerOptions
@@ -19,11 +25,17 @@ struct SubmitCommand: AsyncParsableCommand {
     @Option(name: .shortAndLong, help: "Where the results go: a file, or - for stdout. (default: discard)")
     var output: String?
 
-    @Option(help: "Payload bytes per fragment. Suffixes K, M.")
+    @Option(help: "Payload bytes per fragment, at most the broker's max-fragment (default 1M). Suffixes K, M.")
     var fragmentSize: String = "256K"
 
-    @Option(help: "Fragments outstanding at once.")
+    @Option(help: "Fragments outstanding at once (1…65536).")
     var window: Int = 32
+
+    @Option(help: "Seconds the job may take; then it fails with 408 and the broker drops the rest. (default: no deadline)")
+    var deadline: Double?
+
+    @Option(help: "The most bytes read from stdin (-); a longer stream fails. Suffixes K, M, G.")
+    var stdinLimit: String = "4G"
 
     @Flag(help: "Print how many fragments each worker processed.")
     var perWorker = false
@@ -32,66 +44,47 @@ struct SubmitCommand: AsyncParsableCommand {
     var quiet = false
 
     func validate() throws {
-        _ = try ByteSize.parse(fragmentSize, option: "--fragment-size")
-        guard window >= 1 else { throw ValidationError("--window must be at least 1") }
+        _ = try OptionCheck.size(fragmentSize, option: "--fragment-size", 1...OptionCheck.maxFragment)
+        try OptionCheck.integer(window, option: "--window", 1...65_536)
+        if let deadline { try OptionCheck.seconds(deadline, option: "--deadline") }
+        _ = try OptionCheck.size(stdinLimit, option: "--stdin-limit", 1...(1 << 50))
     }
 
     func run() async throws {
         let (brokerKey, keyPair, logger) = try peer.load()
+        let progress = SubmitProgress(shown: !quiet && isatty(STDERR_FILENO) != 0)
         Cleanup.onTerminationSignals()
         var options = Client.Options()
         options.fragmentSize = try ByteSize.parse(fragmentSize, option: "--fragment-size")
         options.maxFragmentSize = max(options.maxFragmentSize, options.fragmentSize)
         options.window = window
-        options.connection = peer.connectionOptions
+        options.connection = peer.connectionOptions()
 
         // stdin has no size up front; the fragment count is part of every header, so spool it.
-        var path = input
-        var spooled: (URL, Int)?
-        if input == "-" {
-            // A private spool (mkstemp: 0600, an unpredictable name), removed on every path.
-            var template = Array((NSTemporaryDirectory() + "/smq-stdin-XXXXXX").utf8CString)
-            let fd = mkstemp(&template)
-            guard fd >= 0 else { fail("cannot make a temporary file for stdin: \(String(cString: strerror(errno)))") }
-            let url = URL(fileURLWithPath: template.withUnsafeBufferPointer { String(cString: $0.baseAddress!) })
-            let token = Cleanup.register { unlink(url.path) }
-            spooled = (url, token)
-            let handle = FileHandle(fileDescriptor: fd, closeOnDealloc: true)
-            while let chunk = try FileHandle.standardInput.read(upToCount: 1 << 20), !chunk.isEmpty { handle.write(chunk) }
-            try handle.close()
-            path = url.path
-        }
-        defer { if let spooled { Cleanup.run(spooled.1) } }
+        let path = input == "-" ? try StdinSpool.spool(limit: ByteSize.parse(stdinLimit, option: "--stdin-limit")) : input
 
-        var sink: FileHandle?
-        if let output {
-            if output == "-" { sink = FileHandle.standardOutput } else {
-                // open(2), not FileManager.createFile: that one writes a temporary file and renames
-                // it over the path, which would replace /dev/null or a FIFO with a regular file.
-                let fd = open(output, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-                guard fd >= 0 else { fail("cannot open \(PeerText.escaped(output)) for writing: \(String(cString: strerror(errno)))") }
-                sink = FileHandle(fileDescriptor: fd, closeOnDealloc: true)
-            }
-        }
-        let progress = !quiet && isatty(STDERR_FILENO) != 0
+        let sink: OutputSink?
+        do { sink = try output.map { try OutputSink(path: $0) } } catch { fail(describe(error)) }
+        // On Ctrl-C or SIGTERM (Cleanup runs this before exiting 130/143): end the progress line,
+        // say what was done, leave --output as it was.
+        if let sink { Cleanup.register { sink.abandon() } }
+        Cleanup.register { progress.interrupted(output: sink) }
 
         let started = ContinuousClock.now
         do {
             let client = try await Client.connect(to: peer.broker, brokerKey: brokerKey, keyPair: keyPair,
                                                   options: options, logger: logger)
-            let job = try await client.submit(.file(path), to: service)
-            var done = 0
+            let job = try await client.submit(.file(path), to: service, deadline: deadline.map(OptionCheck.duration(seconds:)))
+            progress.start(fragments: job.fragmentCount, bytes: job.payloadLength)
             for try await result in job {
-                sink?.write(Data(result.body))
-                done += 1
-                if progress && (done % 16 == 0 || done == job.fragmentCount) {
-                    let width = 30, filled = width * done / max(1, job.fragmentCount)
-                    FileHandle.standardError.write(Data("\r[\(String(repeating: "#", count: filled))\(String(repeating: ".", count: width - filled))] \(done)/\(job.fragmentCount)".utf8))
-                }
+                try sink?.write(result.body)
+                progress.advance(resultBytes: result.body.count)
             }
-            if progress { FileHandle.standardError.write(Data("\n".utf8)) }
+            try sink?.commit()
+            progress.finish()
             let summary = await job.summary()
-            let seconds = Double((ContinuousClock.now - started).components.attoseconds) / 1e18 + Double((ContinuousClock.now - started).components.seconds)
+            let elapsed = ContinuousClock.now - started
+            let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
             let report = """
                 fragments:      \(summary.fragments)
                 payload:        \(ByteSize.format(summary.payloadBytes))
@@ -111,8 +104,203 @@ struct SubmitCommand: AsyncParsableCommand {
             }
             await client.close()
         } catch {
-            fail(describe(error))
+            progress.finish()
+            var message = describe(error)
+            if let error = error as? SecureMQError, error.status == 404 {
+                message += " (no worker serves '\(PeerText.escaped(service))': check the service name, or start a worker for it)"
+            }
+            if let sink { message += "; " + sink.abandon() }
+            fail(message)
         }
+    }
+}
+
+/// The progress line on a terminal, and what Ctrl-C reports. Its counters are read by the
+/// signal handler's thread, hence the lock.
+final class SubmitProgress: Sendable {
+    private struct State {
+        var fragments = 0, done = 0, resultBytes = 0, lineOpen = false
+    }
+    private let state = Mutex(State())
+    let shown: Bool
+
+    init(shown: Bool) { self.shown = shown }
+
+    func start(fragments: Int, bytes: Int) {
+        state.withLock { $0.fragments = fragments }
+    }
+
+    func advance(resultBytes: Int) {
+        let line: String? = state.withLock { state in
+            state.done += 1
+            state.resultBytes += resultBytes
+            guard shown, state.done % 16 == 0 || state.done == state.fragments else { return nil }
+            state.lineOpen = true
+            let width = 30, filled = width * state.done / max(1, state.fragments)
+            return "\r[\(String(repeating: "#", count: filled))\(String(repeating: ".", count: width - filled))] \(state.done)/\(state.fragments)"
+        }
+        if let line { FileHandle.standardError.write(Data(line.utf8)) }
+    }
+
+    /// Ends the progress line, if one is open.
+    func finish() {
+        let open = state.withLock { state in
+            defer { state.lineOpen = false }
+            return state.lineOpen
+        }
+        if open { FileHandle.standardError.write(Data("\n".utf8)) }
+    }
+
+    /// On SIGINT/SIGTERM: ends the line and says what was done (the sink's clean-up has run).
+    func interrupted(output: OutputSink?) {
+        finish()
+        let (done, fragments, bytes) = state.withLock { ($0.done, $0.fragments, $0.resultBytes) }
+        var line = "interrupted after \(done) of \(fragments) results (\(ByteSize.format(bytes)))"
+        if let output { line += "; " + output.abandon() }
+        FileHandle.standardError.write(Data("\(line)\n".utf8))
+    }
+}
+
+/// `--output F`: results go to a private temporary file beside F (same directory, so the final
+/// rename is atomic; O_EXCL, mode 0600 or F's mode), renamed over F only when every result is
+/// in. A failure or an interruption removes the temporary file and leaves F byte for byte as it
+/// was. Standard output, and an F that is not a regular file (/dev/null, a FIFO), are written
+/// directly: there is nothing to keep and nothing to rename over.
+final class OutputSink: Sendable {
+    private struct State {
+        var fd: Int32
+        var temporary: String?
+        var done = false
+        /// F's mode, or what a new file gets under the umask; the partial file stays 0600.
+        var finalMode: mode_t = 0o644
+    }
+    private let state: Mutex<State>
+    let path: String
+
+    init(path: String) throws {
+        self.path = path
+        if path == "-" {
+            state = Mutex(State(fd: STDOUT_FILENO, temporary: nil))
+            return
+        }
+        var info = stat()
+        let exists = stat(path, &info) == 0
+        if exists && (info.st_mode & S_IFMT) != S_IFREG {
+            let fd = open(path, O_WRONLY | O_CLOEXEC)
+            guard fd >= 0 else { throw SinkError("cannot open \(PeerText.escaped(path)) for writing: \(String(cString: strerror(errno)))") }
+            state = Mutex(State(fd: fd, temporary: nil))
+            return
+        }
+        let url = URL(fileURLWithPath: path)
+        let directory = url.deletingLastPathComponent().path
+        var template = Array("\(directory)/.\(url.lastPathComponent).smq-partial-XXXXXX".utf8CString)
+        let fd = mkstemp(&template)  // O_EXCL, 0600
+        guard fd >= 0 else {
+            throw SinkError("cannot write beside \(PeerText.escaped(path)) (a temporary file in \(PeerText.escaped(directory))): \(String(cString: strerror(errno)))")
+        }
+        var finalMode = info.st_mode & 0o7777
+        if !exists {
+            let mask = umask(0); umask(mask)
+            finalMode = 0o666 & ~mask
+        }
+        let temporary = template.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
+        state = Mutex(State(fd: fd, temporary: temporary, finalMode: finalMode))
+    }
+
+    func write(_ bytes: [UInt8]) throws {
+        try state.withLock { state in
+            guard !state.done else { return }
+            try bytes.withUnsafeBytes { raw in
+                var offset = 0
+                while offset < raw.count {
+                    let n = Glibc.write(state.fd, raw.baseAddress! + offset, raw.count - offset)
+                    if n < 0 && errno == EINTR { continue }
+                    guard n > 0 else { throw SinkError("writing \(PeerText.escaped(path)) failed: \(String(cString: strerror(errno)))") }
+                    offset += n
+                }
+            }
+        }
+    }
+
+    /// Every result is in: the temporary file becomes F.
+    func commit() throws {
+        try state.withLock { state in
+            guard !state.done else { return }
+            state.done = true
+            guard let temporary = state.temporary else {
+                if state.fd != STDOUT_FILENO { close(state.fd) }
+                return
+            }
+            let synced = fchmod(state.fd, state.finalMode) == 0 && fsync(state.fd) == 0
+            close(state.fd)
+            guard synced, rename(temporary, path) == 0 else {
+                let reason = String(cString: strerror(errno))
+                unlink(temporary)
+                throw SinkError("cannot replace \(PeerText.escaped(path)): \(reason); it was left as it was")
+            }
+        }
+    }
+
+    /// The job did not complete: removes the temporary file. Returns the sentence for the user.
+    /// Safe to call more than once, from any thread.
+    @discardableResult
+    func abandon() -> String {
+        state.withLock { state in
+            let shown = PeerText.escaped(path)
+            guard let temporary = state.temporary else {
+                return path == "-" ? "the results written so far went to standard output" : "\(shown) has the results written so far"
+            }
+            if !state.done {
+                state.done = true
+                close(state.fd)
+                unlink(temporary)
+            }
+            return "\(shown) was left as it was; the partial output was removed"
+        }
+    }
+}
+
+struct SinkError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// Standard input, spooled so its length is known before the first SUBMIT (PROTOCOL.md C18).
+enum StdinSpool {
+    /// Copies stdin into a private file (mkstemp, 0600) that is unlinked at once: nothing is
+    /// left behind however the process ends, and the job reads it through /proc/self/fd.
+    /// - Returns: the path the job reads.
+    static func spool(limit: Int) -> String {
+        var template = Array((NSTemporaryDirectory() + "/smq-stdin-XXXXXX").utf8CString)
+        let fd = mkstemp(&template)
+        guard fd >= 0 else { fail("cannot make a temporary file for stdin: \(String(cString: strerror(errno)))") }
+        let directory = NSTemporaryDirectory()
+        unlink(template.withUnsafeBufferPointer { String(cString: $0.baseAddress!) })
+        var buffer = [UInt8](repeating: 0, count: 1 << 20)
+        var total = 0
+        while true {
+            let n = buffer.withUnsafeMutableBytes { read(STDIN_FILENO, $0.baseAddress!, $0.count) }
+            if n < 0 && errno == EINTR { continue }
+            if n < 0 { fail("reading stdin failed: \(String(cString: strerror(errno)))") }
+            if n == 0 { break }
+            guard total + n <= limit else {
+                close(fd)
+                fail("stdin is longer than --stdin-limit (\(ByteSize.format(limit))): raise --stdin-limit, or give a file instead of -")
+            }
+            var offset = 0
+            while offset < n {
+                let w = buffer.withUnsafeBytes { write(fd, $0.baseAddress! + offset, n - offset) }
+                if w < 0 && errno == EINTR { continue }
+                guard w > 0 else {
+                    let reason = String(cString: strerror(errno))
+                    close(fd)
+                    fail("spooling stdin to \(PeerText.escaped(directory)) failed after \(ByteSize.format(total + offset)): \(reason) (set TMPDIR to a disk with room, or give a file instead of -)")
+                }
+                offset += w
+            }
+            total += n
+        }
+        return "/proc/self/fd/\(fd)"
     }
 }
 

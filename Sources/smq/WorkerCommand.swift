@@ -36,8 +36,10 @@ struct WorkerCommand: AsyncParsableCommand {
         guard BuiltinService(rawValue: handler ?? service) != nil else {
             throw ValidationError("no built-in handler '\(handler ?? service)': use --handler echo, sha256 or upper")
         }
-        guard credit >= 1 else { throw ValidationError("--credit must be at least 1") }
-        guard delayMs >= 0 else { throw ValidationError("--delay-ms must not be negative") }
+        try OptionCheck.integer(credit, option: "--credit", 1...65_536)
+        try OptionCheck.integer(delayMs, option: "--delay-ms", 0...3_600_000)
+        try OptionCheck.integer(heartbeatMs, option: "--heartbeat-ms", 100...60_000)  // §4.1
+        if let crashOnIndex { try OptionCheck.integer(crashOnIndex, option: "--crash-on-index", 0...Int(UInt32.max)) }
     }
 
     func run() async throws {
@@ -46,7 +48,7 @@ struct WorkerCommand: AsyncParsableCommand {
         var options = Worker.Options()
         options.credit = credit
         options.heartbeatInterval = .milliseconds(heartbeatMs)
-        options.connection = peer.connectionOptions
+        options.connection = peer.connectionOptions(waitForBroker: true)
         let worker: Worker
         do {
             worker = try await Worker.connect(to: peer.broker, brokerKey: brokerKey, keyPair: keyPair, service: service,

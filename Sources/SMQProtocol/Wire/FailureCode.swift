@@ -18,6 +18,9 @@ public struct FailureCode: RawRepresentable, Hashable, Sendable, CustomStringCon
     public static let forbidden = FailureCode(rawValue: 403)
     /// `404`: no worker for the service within the service timeout.
     public static let noWorker = FailureCode(rawValue: 404)
+    /// `408`: the job's deadline passed before this fragment was done (PROTOCOL.md C45): the
+    /// broker dropped it instead of dispatching it, or the client gave up on it.
+    public static let deadlineExceeded = FailureCode(rawValue: 408)
     /// `410`: the job was cancelled (or ended before this fragment came).
     public static let cancelled = FailureCode(rawValue: 410)
     /// `413`: a fragment body larger than max-fragment.
@@ -37,6 +40,7 @@ public struct FailureCode: RawRepresentable, Hashable, Sendable, CustomStringCon
         case 400: "malformed"
         case 403: "forbidden"
         case 404: "no worker"
+        case 408: "deadline exceeded"
         case 410: "cancelled"
         case 413: "too large"
         case 500: "internal error"

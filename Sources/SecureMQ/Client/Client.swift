@@ -23,6 +23,11 @@ public final class Client: Sendable {
         /// Intervals without an answer from the broker after which the client reconnects (and
         /// resubmits what is outstanding).
         public var liveness: Int = 3
+        /// Reconnections after which a job (or request) whose fragments were all resent fails,
+        /// when no result or failure came in between. A fragment over the broker's max-fragment
+        /// makes libzmq drop the connection; without this bound the client would reconnect and
+        /// resend it for ever.
+        public var maxResubmitsWithoutProgress: Int = 3
         public var connection = ConnectionOptions()
 
         public init() {}
@@ -72,7 +77,13 @@ public final class Client: Sendable {
         context: SecureContext = .shared, logger: Logger = Logger(label: "securemq.client")
     ) async throws(SecureMQError) -> Client {
         guard options.window >= 1 else { throw SecureMQError(.invalidConfiguration, "the window must be at least 1") }
-        guard (1...options.maxFragmentSize).contains(options.fragmentSize) else {
+        guard (1...Int(UInt32.max)).contains(options.maxFragmentSize) else {
+            throw SecureMQError(.invalidConfiguration, "the max fragment size must be 1…\(UInt32.max) bytes (the header's length field is 4 bytes); got \(options.maxFragmentSize)")
+        }
+        guard options.maxResubmitsWithoutProgress >= 1, options.liveness >= 1 else {
+            throw SecureMQError(.invalidConfiguration, "liveness and maxResubmitsWithoutProgress must be at least 1")
+        }
+        guard (1...Int(UInt32.max)).contains(options.fragmentSize), (1...options.maxFragmentSize).contains(options.fragmentSize) else {
             throw SecureMQError(.invalidConfiguration, "the fragment size must be 1…\(options.maxFragmentSize) bytes")
         }
         var connectionOptions = options.connection
@@ -89,27 +100,54 @@ public final class Client: Sendable {
     /// - Parameters:
     ///   - payload: bytes or a file.
     ///   - service: the service whose workers process it.
+    ///   - deadline: how long the job may take, from now (nil: as long as it takes). When it
+    ///     passes, the job fails with `.deadlineExceeded` (status 408), whatever the broker
+    ///     says, and the broker is told to drop what it still holds of it (CANCEL). Results
+    ///     that came before stay readable, in order, before the error.
     /// - Returns: the job, an async sequence of its results in index order.
-    /// - Throws: ``SecureMQError`` for an unreadable file or a bad service name.
-    public func submit(_ payload: Payload, to service: String) async throws(SecureMQError) -> Job {
+    /// - Throws: ``SecureMQError`` for an unreadable file, a bad service name or a deadline
+    ///   that is not positive.
+    public func submit(_ payload: Payload, to service: String, deadline: Duration? = nil) async throws(SecureMQError) -> Job {
+        if let deadline { try Self.check(deadline) }
         let box = UncheckedBox(engine)
         let options = self.options
         let state = try await thread.run { () throws(SecureMQError) in
-            UncheckedBox(try box.value.startJob(payload, service: service, fragmentSize: options.fragmentSize))
+            UncheckedBox(try box.value.startJob(payload, service: service, fragmentSize: options.fragmentSize, deadline: deadline))
         }
         return Job(thread: thread, engine: engine, state: state.value)
     }
 
+    /// Starts a job that must be done by `deadline`; the same as passing the time left as a `Duration`.
+    public func submit(_ payload: Payload, to service: String, deadline: ContinuousClock.Instant) async throws(SecureMQError) -> Job {
+        try await submit(payload, to: service, deadline: max(.nanoseconds(1), deadline - .now))
+    }
+
     /// Sends one request as a one-fragment job and returns the reply.
-    /// - Throws: ``SecureMQError`` `.jobFailed` with the broker's or worker's status and reason.
-    public func request(_ body: [UInt8], service: String) async throws(SecureMQError) -> [UInt8] {
+    /// - Parameters:
+    ///   - body: the request, at most ``Options/maxFragmentSize`` bytes.
+    ///   - service: the service whose workers answer it.
+    ///   - timeout: how long to wait for the reply (nil: as long as it takes). When it passes,
+    ///     the call throws `.deadlineExceeded` (status 408) and the broker is told to drop the
+    ///     request (CANCEL).
+    /// - Throws: ``SecureMQError`` `.jobFailed` with the broker's or worker's status and reason,
+    ///   `.deadlineExceeded` after `timeout`.
+    public func request(_ body: [UInt8], service: String, timeout: Duration? = nil) async throws(SecureMQError) -> [UInt8] {
         guard body.count <= options.maxFragmentSize else {
             throw SecureMQError(.messageTooLarge, "a request of \(body.count) bytes is above the fragment limit (\(options.maxFragmentSize)); use submit")
         }
+        if let timeout { try Self.check(timeout) }
         let box = UncheckedBox(engine)
         return try await thread.wait(register: { id, continuation in
-            box.value.request(body, service: service, waiter: id, continuation)
+            box.value.request(body, service: service, waiter: id, timeout: timeout, continuation)
         }, cancel: { id in box.value.cancelRequest(waiter: id) })
+    }
+
+    /// A deadline must be positive and at most about 49 days, what SMQ/1 can carry in
+    /// milliseconds (PROTOCOL.md C45).
+    private static func check(_ deadline: Duration) throws(SecureMQError) {
+        guard deadline > .zero, deadline <= .milliseconds(Int(UInt32.max)) else {
+            throw SecureMQError(.invalidConfiguration, "a deadline must be more than 0 and at most \(UInt32.max) ms (about 49 days); got \(deadline)")
+        }
     }
 
     /// Closes the connection; open jobs fail with `.closed`.

@@ -26,6 +26,9 @@ final class ClientJob {
     var stats = JobSummary()
     let started = SocketThread.now()
     var finishedAt: UInt64?
+    /// The job's deadline timer (``Client/submit(_:to:deadline:)``), cancelled when it ends.
+    var deadlineTimer: SocketThread.TimerID?
+    var deadline: Duration?
 
     init(jobID: JobID, service: ServiceName, reader: PayloadReader, fragmentSize: Int, window: Int,
          limits: ProtocolLimits, thread: SocketThread) throws(PipelineError) {
@@ -74,6 +77,9 @@ final class ClientEngine: ConnectingEngine {
     private var jobIDCounter: UInt64 = 0
     private var lastHeard: UInt64 = SocketThread.now()
     private var everConnected = false
+    /// Reconnections that resent fragments with no RESULT or FAILED in between
+    /// (``Client/Options/maxResubmitsWithoutProgress``).
+    private var resubmitsWithoutProgress = 0
 
     init(socket: CurveClientSocket, thread: SocketThread, options: Client.Options, logger: Logger) {
         client = socket
@@ -119,7 +125,7 @@ final class ClientEngine: ConnectingEngine {
 
     // MARK: jobs
 
-    func startJob(_ payload: Payload, service: String, fragmentSize: Int) throws(SecureMQError) -> ClientJob {
+    func startJob(_ payload: Payload, service: String, fragmentSize: Int, deadline: Duration? = nil) throws(SecureMQError) -> ClientJob {
         if let failure = connectionFailure { throw failure }
         let name: ServiceName
         do { name = try ServiceName(validating: service) } catch {
@@ -135,6 +141,14 @@ final class ClientEngine: ConnectingEngine {
         }
         if jobs.isEmpty { lastHeard = SocketThread.now() }
         jobs[job.jobID] = job
+        if let deadline {
+            job.deadline = deadline
+            job.deadlineTimer = thread.schedule(after: deadline) { [weak self, weak job] in
+                guard let self, let job else { return }
+                job.deadlineTimer = nil
+                self.deadlinePassed(job)
+            }
+        }
         pump(job)
         return job
     }
@@ -157,10 +171,13 @@ final class ClientEngine: ConnectingEngine {
         let jobID: JobID
         let message: ZMQMessage
         let continuation: Waiters<[UInt8]>.Continuation
+        /// Only for a request with a timeout.
+        var timer: SocketThread.TimerID?
     }
 
-    /// Sends `body` as a one-fragment job; the continuation gets the result's body.
-    func request(_ body: [UInt8], service: String, waiter: Int, _ continuation: Waiters<[UInt8]>.Continuation) {
+    /// Sends `body` as a one-fragment job; the continuation gets the result's body, or
+    /// `.deadlineExceeded` once `timeout` has passed.
+    func request(_ body: [UInt8], service: String, waiter: Int, timeout: Duration? = nil, _ continuation: Waiters<[UInt8]>.Continuation) {
         if let failure = connectionFailure { return continuation.resume(returning: .failure(failure)) }
         let name: ServiceName
         if let last = lastService, last.string == service {
@@ -184,7 +201,18 @@ final class ClientEngine: ConnectingEngine {
             if let base = bytes.baseAddress { buffer.baseAddress!.advanced(by: bodyOffset).copyMemory(from: base, byteCount: bytes.count) }
         }
         if requests.isEmpty && jobs.isEmpty { lastHeard = SocketThread.now() }
-        requests[jobID] = PendingRequest(jobID: jobID, message: message, continuation: continuation)
+        var pending = PendingRequest(jobID: jobID, message: message, continuation: continuation)
+        if let timeout {
+            pending.timer = thread.schedule(after: timeout) { [weak self] in
+                guard let self, let pending = self.requests[jobID] else { return }
+                self.requests[jobID]?.timer = nil
+                self.client.send(ControlMessage.cancel(jobID: jobID).encoded())
+                self.finish(pending, .failure(SecureMQError(.deadlineExceeded,
+                    "no reply within the request's timeout (\(timeout)); the broker was told to drop it",
+                    status: FailureCode.deadlineExceeded.rawValue)))
+            }
+        }
+        requests[jobID] = pending
         send(copyOf: message)
     }
 
@@ -196,6 +224,7 @@ final class ClientEngine: ConnectingEngine {
     }
 
     private func finish(_ pending: PendingRequest, _ result: Result<[UInt8], SecureMQError>) {
+        if let timer = requests[pending.jobID]?.timer { thread.cancel(timer) }
         requests[pending.jobID] = nil
         pending.continuation.resume(returning: result)
     }
@@ -275,6 +304,8 @@ final class ClientEngine: ConnectingEngine {
     private func finish(_ job: ClientJob) {
         guard job.finishedAt == nil else { return }
         job.finishedAt = SocketThread.now()
+        if let timer = job.deadlineTimer { thread.cancel(timer) }
+        job.deadlineTimer = nil
         job.stats.payloadDigest = job.fragmenter.jobDigest?.description ?? ""
         job.stats.resultDigest = job.gatherer.jobDigest?.description ?? ""
         jobs[job.jobID] = nil
@@ -291,10 +322,23 @@ final class ClientEngine: ConnectingEngine {
     private func fail(_ job: ClientJob, _ error: SecureMQError) {
         guard job.failure == nil, job.finishedAt == nil else { return }
         job.failure = error
+        if let timer = job.deadlineTimer { thread.cancel(timer) }
+        job.deadlineTimer = nil
         job.outstanding.removeAll()
         job.finishedAt = SocketThread.now()
         jobs[job.jobID] = nil
         if job.ready.isEmpty { job.consumers.failAll(error) }
+    }
+
+    /// The job's own timer: the job fails here whatever the broker does (it may be gone, or
+    /// silent); the broker is told to drop what it still holds, and its answer (410) finds no job.
+    private func deadlinePassed(_ job: ClientJob) {
+        guard job.failure == nil, job.finishedAt == nil else { return }
+        client.send(ControlMessage.cancel(jobID: job.jobID).encoded())
+        let received = Int(job.handed) + job.ready.count
+        fail(job, SecureMQError(.deadlineExceeded,
+            "the job's deadline (\(job.deadline.map { "\($0)" } ?? "?")) passed with \(received) of \(job.count) results in; the broker was told to drop the rest",
+            status: FailureCode.deadlineExceeded.rawValue))
     }
 
     private func failAll(_ error: SecureMQError) {
@@ -326,6 +370,14 @@ final class ClientEngine: ConnectingEngine {
     /// took queued fragments or results with it) is sent again from the kept SUBMITs. The broker
     /// ignores what it still holds, and the gatherer drops results that come twice.
     private func resubmitOutstanding() {
+        let waiting = jobs.values.contains { $0.failure == nil && !$0.outstanding.isEmpty } || !requests.isEmpty
+        if waiting {
+            resubmitsWithoutProgress += 1
+            if resubmitsWithoutProgress > options.maxResubmitsWithoutProgress {
+                giveUpResubmitting()
+                return
+            }
+        }
         var count = 0
         for job in jobs.values where job.failure == nil {
             for index in job.outstanding.keys.sorted() {
@@ -339,6 +391,26 @@ final class ClientEngine: ConnectingEngine {
             count += 1
         }
         if count > 0 { logger.notice("reconnected; resubmitted outstanding fragments", metadata: ["fragments": "\(count)"]) }
+    }
+
+    /// The connection keeps dropping while fragments are out and nothing comes back: resending
+    /// them again would loop for ever. The likeliest cause is a fragment larger than the broker
+    /// accepts (libzmq drops a peer that sends a frame over its ZMQ_MAXMSGSIZE), so say so.
+    private func giveUpResubmitting() {
+        let cycles = resubmitsWithoutProgress - 1
+        resubmitsWithoutProgress = 0
+        for job in Array(jobs.values) where job.failure == nil && !job.outstanding.isEmpty {
+            let largest = job.outstanding.values.map { $0.count }.max() ?? 0
+            let body = largest - Fragment.bodyOffset(serviceLength: job.service.byteCount)
+            fail(job, SecureMQError(.jobFailed,
+                "the broker dropped the connection \(cycles) times while this job's fragments were out, with no result in between: a fragment of \(body) bytes is probably larger than the broker's max-fragment (the connection limit dropped it); use a smaller fragment size (the broker's default max-fragment is 1 MiB)",
+                status: FailureCode.tooLarge.rawValue))
+        }
+        for pending in Array(requests.values) {
+            finish(pending, .failure(SecureMQError(.jobFailed,
+                "the broker dropped the connection \(cycles) times while this request was out, with no reply in between: the request (\(pending.message.count - Fragment.overhead) bytes or so) is probably larger than the broker's max-fragment",
+                status: FailureCode.tooLarge.rawValue)))
+        }
     }
 
     private func readAll() {
@@ -360,6 +432,7 @@ final class ClientEngine: ConnectingEngine {
             return
         }
         if message.command != .disconnect { client.noteServed() }
+        if message.command == .result || message.command == .failed { resubmitsWithoutProgress = 0 }
         switch message {
         case .result(let fragment):
             if let pending = requests[fragment.header.jobID] {
@@ -374,14 +447,15 @@ final class ClientEngine: ConnectingEngine {
             guard let job = jobs[fragment.header.jobID] else { return } // late result of an ended job
             accept(fragment, for: job)
         case .failed(let jobID, let index, let code, let reason):
+            let kind: SecureMQError.Code = code == .deadlineExceeded ? .deadlineExceeded : .jobFailed
             if let pending = requests[jobID] {
-                finish(pending, .failure(SecureMQError(.jobFailed, "the request failed with \(code.rawValue) \(code.name ?? ""): \(reason.string)",
+                finish(pending, .failure(SecureMQError(kind, "the request failed with \(code.rawValue) \(code.name ?? ""): \(reason.string)",
                                                        status: code.rawValue, fragmentIndex: index == Message.wholeJobIndex ? nil : index)))
                 return
             }
             guard let job = jobs[jobID] else { return }
             let which = index == Message.wholeJobIndex ? "the job" : "fragment \(index)"
-            fail(job, SecureMQError(.jobFailed, "\(which) failed with \(code.rawValue) \(code.name ?? ""): \(reason.string)",
+            fail(job, SecureMQError(kind, "\(which) failed with \(code.rawValue) \(code.name ?? ""): \(reason.string)",
                                     status: code.rawValue, fragmentIndex: index == Message.wholeJobIndex ? nil : index))
         case .busy(let jobID, let index, let retryAfter):
             if requests[jobID] != nil {

@@ -14,6 +14,9 @@ public struct SecureMQError: Error, Hashable, Sendable, CustomStringConvertible 
         public static let unreachable = Code(name: "unreachable")
         /// An operation's deadline passed.
         public static let timedOut = Code(name: "timedOut")
+        /// A job's or a request's deadline passed before it was done. ``SecureMQError/status`` is
+        /// 408 (PROTOCOL.md C45), whether the broker or the client's own timer ended it.
+        public static let deadlineExceeded = Code(name: "deadlineExceeded")
         /// The socket, connection or context was closed.
         public static let closed = Code(name: "closed")
         /// The caller's task was cancelled.

@@ -18,6 +18,11 @@ final class CurveClientSocket {
     private(set) var state: State = .connecting
     private var monitor: SocketMonitor?
     private var handshakeFailures = 0
+    /// Connection attempts refused (nothing listening) since the last TCP connection; counted
+    /// only before the first handshake, so a broker restart is still waited for.
+    private var refusedAttempts = 0
+    private var tcpConnected = false
+    private let connectStarted = ContinuousClock.now
     private var everConnected = false
     private var connectTimer: SocketThread.TimerID?
     private let thread: SocketThread
@@ -47,6 +52,7 @@ final class CurveClientSocket {
         self.options = options
         self.logger = logger
         self.context = context
+        try Endpoint.validate(endpoint, for: .connect)
         socket = try Self.makeSocket(context: context, serverKey: serverKey, keyPair: keyPair, options: options)
         try startMonitorAndConnect()
         if let timeout = options.connectTimeout {
@@ -82,6 +88,7 @@ final class CurveClientSocket {
         do {
             let events = ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH
                 | ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL | ZMQ_EVENT_DISCONNECTED
+                | ZMQ_EVENT_CONNECTED | ZMQ_EVENT_CONNECT_RETRIED
             monitor = try SocketMonitor(socket: socket, context: context.handle, thread: thread, events: events) { [unowned self] event in
                 self.handle(event)
             }
@@ -232,7 +239,24 @@ final class CurveClientSocket {
                 fail(SecureMQError(.handshakeFailed,
                     "the CURVE handshake with \(endpoint) failed \(handshakeFailures) times in a row: the server public key (\(serverKey.fingerprint)…) is wrong, or the peer is not a SecureMQ server"))
             }
+        case ZMQ_EVENT_CONNECTED:
+            // TCP is up: a later retry is not a refusal (a handshake failure counts on its own).
+            tcpConnected = true
+            refusedAttempts = 0
+        case ZMQ_EVENT_CONNECT_RETRIED:
+            // libzmq retries a refused connection silently; before the first handshake nothing
+            // will change by waiting the whole connect timeout, so fail fast (issue 11).
+            guard !everConnected, !tcpConnected, let limit = options.refusedConnectionLimit else { break }
+            refusedAttempts += 1
+            logger.debug("connection refused", metadata: ["endpoint": "\(endpoint)", "attempts": "\(refusedAttempts)"])
+            if refusedAttempts >= limit {
+                let elapsed = ContinuousClock.now - connectStarted
+                let ms = elapsed.components.seconds * 1000 + elapsed.components.attoseconds / 1_000_000_000_000_000
+                fail(SecureMQError(.unreachable,
+                    "nothing is listening at \(endpoint) (connection refused \(refusedAttempts) times in \(ms) ms): is the broker running, and is the endpoint right?"))
+            }
         case ZMQ_EVENT_DISCONNECTED:
+            tcpConnected = false
             if case .connected = state {
                 logger.info("disconnected; reconnecting", metadata: ["endpoint": "\(endpoint)"])
                 set(.connecting)

@@ -22,6 +22,7 @@ final class CurveServerSocket {
          maxMessageSize: Int, highWaterMark: Int32, logger: Logger) throws(SecureMQError) {
         guard !requested.isEmpty else { throw SecureMQError(.invalidConfiguration, "a server needs at least one endpoint") }
         self.context = context
+        for endpoint in requested { try Endpoint.validate(endpoint, for: .bind) }
         zap = try context.zapHandler()
         zapDomain = context.makeDomain("securemq")
         try zap.register(domain: zapDomain, allowlist: allowlist, logger: logger)

@@ -106,7 +106,10 @@ public final class Worker: Sendable {
         do { serviceName = try ServiceName(validating: service) } catch {
             throw SecureMQError(.invalidConfiguration, "'\(PeerText.escaped(service))' is not a valid service name: 1–255 bytes of A-Z a-z 0-9 . _ -")
         }
-        guard options.credit >= 1 else { throw SecureMQError(.invalidConfiguration, "credit must be at least 1") }
+        guard (1...Int(UInt32.max)).contains(options.credit) else { throw SecureMQError(.invalidConfiguration, "credit must be 1…\(UInt32.max)") }
+        guard (1...Int(UInt32.max)).contains(options.maxFragmentSize) else {
+            throw SecureMQError(.invalidConfiguration, "the max fragment size must be 1…\(UInt32.max) bytes (the header's length field is 4 bytes); got \(options.maxFragmentSize)")
+        }
         guard options.heartbeatInterval >= .milliseconds(100) && options.heartbeatInterval <= .seconds(60) else {
             throw SecureMQError(.invalidConfiguration, "the heartbeat interval must be 100 ms…60 s")
         }
