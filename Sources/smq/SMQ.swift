@@ -102,6 +102,14 @@ enum Cleanup {
         for (_, action) in all.reversed() { action() }
     }
 
+    private static let interruptReport = Mutex<(@Sendable () -> Void)?>(nil)
+
+    /// What to tell the user when a signal ends the process (what was done, what was kept);
+    /// runs after the clean-ups. `fail` does not run it: it has its own sentence.
+    static func onInterrupt(_ report: @escaping @Sendable () -> Void) {
+        interruptReport.withLock { $0 = report }
+    }
+
     /// On SIGINT or SIGTERM: clean up, then exit with 128 + the signal, as a shell expects.
     static func onTerminationSignals() {
         for number in [SIGINT, SIGTERM] {
@@ -109,6 +117,7 @@ enum Cleanup {
             let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
             source.setEventHandler {
                 runAll()
+                interruptReport.withLock { $0 }?()
                 exit(128 + number)
             }
             source.resume()

@@ -68,7 +68,7 @@ struct SubmitCommand: AsyncParsableCommand {
         // On Ctrl-C or SIGTERM (Cleanup runs this before exiting 130/143): end the progress line,
         // say what was done, leave --output as it was.
         if let sink { Cleanup.register { sink.abandon() } }
-        Cleanup.register { progress.interrupted(output: sink) }
+        Cleanup.onInterrupt { progress.interrupted(output: sink) }
 
         let started = ContinuousClock.now
         do {
@@ -107,7 +107,7 @@ struct SubmitCommand: AsyncParsableCommand {
             progress.finish()
             var message = describe(error)
             if let error = error as? SecureMQError, error.status == 404 {
-                message += " (no worker serves '\(PeerText.escaped(service))': check the service name, or start a worker for it)"
+                message += " (check the service name, or start a worker for it)"
             }
             if let sink { message += "; " + sink.abandon() }
             fail(message)

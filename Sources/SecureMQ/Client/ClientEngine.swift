@@ -29,6 +29,15 @@ final class ClientJob {
     /// The job's deadline timer (``Client/submit(_:to:deadline:)``), cancelled when it ends.
     var deadlineTimer: SocketThread.TimerID?
     var deadline: Duration?
+    /// When the deadline passes, in ``SocketThread/now()`` nanoseconds.
+    var deadlineAt: UInt64?
+
+    /// The time left in milliseconds for a SUBMIT's tag (PROTOCOL.md C45): 0 = no deadline,
+    /// at least 1 while one is set.
+    func timeLeftMilliseconds(now: UInt64) -> UInt64 {
+        guard let deadlineAt else { return 0 }
+        return max(1, (deadlineAt &- min(now, deadlineAt)) / 1_000_000)
+    }
 
     init(jobID: JobID, service: ServiceName, reader: PayloadReader, fragmentSize: Int, window: Int,
          limits: ProtocolLimits, thread: SocketThread) throws(PipelineError) {
@@ -143,6 +152,7 @@ final class ClientEngine: ConnectingEngine {
         jobs[job.jobID] = job
         if let deadline {
             job.deadline = deadline
+            job.deadlineAt = SocketThread.now() &+ deadline.nanoseconds
             job.deadlineTimer = thread.schedule(after: deadline) { [weak self, weak job] in
                 guard let self, let job else { return }
                 job.deadlineTimer = nil
@@ -196,7 +206,8 @@ final class ClientEngine: ConnectingEngine {
             FragmentHeader(jobID: jobID, index: 0, count: 1, offset: 0, totalLength: UInt64(bytes.count),
                            length: UInt32(bytes.count), digest: hasher.digest(of: bytes))
         }
-        let bodyOffset = Fragment.write(into: buffer, command: .submit, tag: 0, service: name, header: header)
+        let timeLeft = timeout.map { max(1, $0.nanoseconds / 1_000_000) } ?? 0  // C45
+        let bodyOffset = Fragment.write(into: buffer, command: .submit, tag: timeLeft, service: name, header: header)
         body.withUnsafeBytes { bytes in
             if let base = bytes.baseAddress { buffer.baseAddress!.advanced(by: bodyOffset).copyMemory(from: base, byteCount: bytes.count) }
         }
@@ -257,7 +268,9 @@ final class ClientEngine: ConnectingEngine {
         do { header = try job.fragmenter.header(forNextBody: UnsafeRawBufferPointer(body)) } catch {
             throw SecureMQError(.integrity, "fragment \(index): \(error)")
         }
-        Fragment.write(into: buffer, command: .submit, tag: 0, service: job.service, header: header)
+        // The tag carries the time left (C45); a resend reuses this message, so a resent SUBMIT
+        // names a later deadline than the real one: the client's own timer still ends the job.
+        Fragment.write(into: buffer, command: .submit, tag: job.timeLeftMilliseconds(now: SocketThread.now()), service: job.service, header: header)
         return message
     }
 
