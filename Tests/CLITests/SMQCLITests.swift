@@ -170,7 +170,9 @@ import Testing
         ])
         #expect(result.termination == .exited(1), "\(result.transcript)")
         let error = try #require(result.errorLines.first, "no 'Error: ' line\n\(result.transcript)")
-        #expect(error.contains(endpoint) && error.contains("is it running"), "'\(error)'")
+        // Refused outright (issue 11: "nothing is listening", within about a second) or, on a
+        // loaded machine, the 1 s connect timeout first: either way the endpoint and the question.
+        #expect(error.contains(endpoint) && error.contains("running"), "'\(error)'")
     }
 
     @Test(.timeLimit(.minutes(2)))
