@@ -30,7 +30,7 @@ extension BrokerCore {
         activeWorkers[connection.serial] = connection
         activeClients[connection.serial] = nil
         let slot = service.addWorker(connection, weight: schedulerWeight(connection.key), baseWindow: rules.baseWindow)
-        log.note(.peerJoined, key: connection.key.serial, level: .info, "worker ready", now: now, [
+        log.note(.workerReady, key: connection.key.serial, level: .info, "worker ready", now: now, [
             "key": "\(connection.key.fingerprint)", "name": "\(connection.key.name)", "service": "\(name)",
             "weight": "\(connection.key.entry.weight)", "credit": "\(slot.cap)",
         ])

@@ -127,6 +127,10 @@ public final class BrokerCore {
     /// DISCONNECT, and what it held is requeued and charged (C40). A fragment that fails a header
     /// check fails its job (SUBMIT) or counts as a failed attempt (DONE).
     public func receiveMalformed(_ error: ProtocolError, from connection: PeerConnection, now: UInt64) {
+        receiveMalformed(error, reason: error.description, from: connection, now: now)
+    }
+
+    func receiveMalformed(_ error: ProtocolError, reason: @autoclosure () -> String, from connection: PeerConnection, now: UInt64) {
         self.now = now
         if connection.key.revoked {
             droppedFromRevoked(connection.key)
@@ -136,7 +140,7 @@ public final class BrokerCore {
         connection.lastSeen = now
         counters.malformed += 1
         log.note(.malformed, key: connection.key.serial, level: .warning, "dropped malformed message", now: now,
-                 ["key": "\(connection.key.fingerprint)", "reason": "\(error)"])
+                 ["key": "\(connection.key.fingerprint)", "reason": "\(reason())"])
         if let code = error.failureCode, let jobID = error.jobID, let index = error.index {
             if error.command == .submit, connection.key.role.allows(.client), !connection.isWorker {
                 failJob(client: connection, jobID: jobID, index: index, code: code, reason: error.description)
@@ -158,7 +162,8 @@ public final class BrokerCore {
 
     /// A message of several frames (SMQ/1 messages are one frame): unreadable.
     public func receiveMultipart(parts: Int, from connection: PeerConnection, now: UInt64) {
-        receiveMalformed(ProtocolError(.truncated, value: UInt64(parts)), from: connection, now: now)
+        receiveMalformed(ProtocolError(.truncated, value: UInt64(parts)), reason: "a message of \(parts) frames (SMQ/1 messages are one frame)",
+                         from: connection, now: now)
     }
 
     /// The transport says the connection is gone (its pipe closed, a send failed with EHOSTUNREACH).

@@ -5,7 +5,7 @@ import SMQProtocol
 enum LogKind: UInt8 {
     case malformed, strayResult, mismatchedResult, cancel, jobFailed, revokedMessage, roleViolation
     case duplicateSubmit, userIDMismatch, workerGone, clientGone, peerJoined, peerLeft, busy, forbidden
-    case tooManyConnections, unknownKey
+    case tooManyConnections, unknownKey, workerReady
 }
 
 struct LogKey: Hashable {

@@ -1,4 +1,6 @@
 public import Logging
+internal import CZeroMQ
+import SMQBroker
 
 /// The SecureMQ broker engine: admits only allowlisted keys, takes each peer's role, weight and
 /// services from its allowlist entry, and dispatches fragments over workers by weight with
@@ -41,6 +43,7 @@ public final class Broker: Sendable {
         context: SecureContext = .shared, logger: Logger = Logger(label: "securemq.broker")
     ) async throws(SecureMQError) -> Broker {
         try configuration.validate()
+        let rules = try configuration.rules()
         let thread = try SocketThread(name: "securemq-broker")
         do {
             let engine = try thread.runAndWait { () throws(SecureMQError) in
@@ -48,7 +51,12 @@ public final class Broker: Sendable {
                     context: context, endpoints: configuration.endpoints, keyPair: keyPair, allowlist: allowlist,
                     maxMessageSize: Wire.maxMessageSize(forFragment: configuration.maxFragmentSize),
                     highWaterMark: 10_000, logger: logger)
-                let engine = BrokerEngine(server: server, context: context, allowlist: allowlist, configuration: configuration, thread: thread, logger: logger)
+                // A small send queue per peer: a client that does not read fills it soon, and
+                // then its results wait in the core's outbox, counted against it (C36). With
+                // ZMQ_ROUTER_MANDATORY a send to a full pipe fails with EAGAIN instead of dropping.
+                try server.socket.set(ZMQ_SNDHWM, Int32(configuration.sendHighWaterMark))
+                let engine = BrokerEngine(server: server, context: context, allowlist: allowlist, configuration: configuration,
+                                          rules: rules, thread: thread, logger: logger)
                 thread.onStop { engine.close() }
                 return engine
             }
@@ -69,7 +77,7 @@ public final class Broker: Sendable {
     public var isDraining: Bool {
         get async {
             let box = UncheckedBox(engine)
-            return (try? await thread.run { () throws(SecureMQError) in box.value.draining }) ?? true
+            return (try? await thread.run { () throws(SecureMQError) in box.value.core.draining }) ?? true
         }
     }
 
@@ -102,11 +110,5 @@ public final class Broker: Sendable {
 }
 
 extension BrokerEngine {
-    func snapshot() -> BrokerStatistics {
-        var copy = statistics
-        copy.bytesHeld = bytesHeld
-        copy.workers = keys.values.filter { key in key.connections.values.contains { $0.isWorker } }.count
-        copy.clients = keys.values.filter { key in key.connections.values.contains { !$0.isWorker } }.count
-        return copy
-    }
+    func snapshot() -> BrokerStatistics { BrokerStatistics(core.snapshot) }
 }
