@@ -56,7 +56,7 @@ let package = Package(
         .executableTarget(
             name: "secure-broker",
             dependencies: [
-                "SecureMQ",
+                "SecureMQ", "SMQBroker",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
