@@ -90,10 +90,12 @@ extension BrokerCore {
             log.note(.workerGone, key: connection.key.serial, level: .warning, "worker held a delivery past the work lease", now: now, [
                 "key": "\(connection.key.fingerprint)", "name": "\(connection.key.name)", "delivery": "\(expired.deliveryID)",
             ])
-            // Charge the expired one first (it may be poison), then send the worker away
-            // without charging the rest.
-            attemptFailed(expired, code: .retriesExhausted, reason: "worker \(connection.key.name) held it past the work lease")
+            // The worker leaves first (its other work requeued uncharged), so the expired
+            // fragment, charged, cannot go straight back to it.
+            expired.lastFailedKey = connection.key.serial
+            finishDelivery(expired, from: connection)
             sendAway(connection, reason: "a delivery was held past the work lease (\(rules.workLease / 1_000_000_000) s)", charge: false)
+            requeueOrFail(expired, failedKey: connection.key.serial, reason: "worker \(connection.key.name) held it past the work lease")
         }
     }
 }
