@@ -85,6 +85,7 @@ let package = Package(
             dependencies: [
                 "SMQBroker", "SMQKeys", "SMQProtocol",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "PropertyBased", package: "swift-property-based"),
             ]
         ),

@@ -94,16 +94,18 @@ extension BrokerCore {
                 }
             } else if !key.role.allows(.client) {
                 if !connection.jobs.isEmpty || !connection.outbox.isEmpty {
-                    for jobKey in Array(connection.jobs) {
-                        guard let job = jobs[jobKey] else { continue }
-                        failJob(job, index: Message.wholeJobIndex, code: .forbidden, reason: "key \(key.fingerprint) is no longer a client")
-                    }
+                    failJobs(Array(connection.jobs), code: .forbidden, reason: "key \(key.fingerprint) is no longer a client")
                     sendAway(connection, reason: "key \(key.fingerprint) is no longer a client", charge: false)
                 }
             } else {
-                for jobKey in Array(connection.jobs) {
-                    guard let job = jobs[jobKey], !key.allows(service: job.service.name) else { continue }
-                    counters.forbidden += 1
+                let refused = connection.jobs.filter { jobs[$0].map { !key.allows(service: $0.service.name) } ?? false }
+                counters.forbidden += refused.count
+                for jobKey in refused {
+                    guard let job = jobs[jobKey] else { continue }
+                    job.doomed = true
+                }
+                for jobKey in refused {
+                    guard let job = jobs[jobKey] else { continue }
                     failJob(job, index: Message.wholeJobIndex, code: .forbidden,
                             reason: "key \(key.fingerprint) may no longer submit to '\(job.service.name)'")
                 }
@@ -123,13 +125,11 @@ extension BrokerCore {
         key.revoked = true
         counters.revocations += 1
         logger.warning("key revoked", metadata: ["key": "\(key.fingerprint)", "name": "\(key.name)", "connections": "\(key.connections.count)"])
-        for connection in Array(key.connections.values) {
-            for jobKey in Array(connection.jobs) {
-                guard let job = jobs[jobKey] else { continue }
-                failJob(job, index: Message.wholeJobIndex, code: .forbidden, reason: "key \(key.fingerprint) was revoked")
-            }
-            sendAway(connection, reason: "key revoked", charge: false)
-        }
+        let connections = Array(key.connections.values)
+        // Every job of the key is doomed before the first ends (its freed credit must not go to
+        // the next one), then each fails with 403.
+        failJobs(connections.flatMap { Array($0.jobs) }, code: .forbidden, reason: "key \(key.fingerprint) was revoked")
+        for connection in connections { sendAway(connection, reason: "key revoked", charge: false) }
     }
 
     func droppedFromRevoked(_ key: PeerKey) {
@@ -197,9 +197,14 @@ extension BrokerCore {
             forgetIfIdle(service)
         }
         dropOutbox(connection)
+        let heir = connection.key.connections.values.first(where: { !$0.isWorker && !$0.gone })
+        if heir == nil {
+            // All its jobs end: doomed first, so the credit one frees goes to none of the others.
+            for jobKey in connection.jobs { jobs[jobKey]?.doomed = true }
+        }
         for jobKey in connection.jobs {
             guard let job = jobs[jobKey] else { continue }
-            if let other = connection.key.connections.values.first(where: { !$0.isWorker && !$0.gone }) {
+            if let other = heir {
                 job.replyTo = other
                 other.jobs.insert(jobKey)
                 activeClients[other.serial] = other

@@ -104,6 +104,14 @@ extension BrokerCore {
         end(job)
     }
 
+    /// Ends several jobs at once: all are doomed before the first ends, so the credit one frees
+    /// never goes to a fragment of the next.
+    func failJobs(_ keys: [JobKey], code: FailureCode, reason: String) {
+        let doomed = keys.compactMap { jobs[$0] }
+        for job in doomed { job.doomed = true }
+        for job in doomed { failJob(job, index: Message.wholeJobIndex, code: code, reason: reason) }
+    }
+
     /// FAILED for a fragment whose job the broker may not know (a malformed first SUBMIT).
     func failJob(client: PeerConnection, jobID: JobID, index: UInt32, code: FailureCode, reason: String) {
         if let job = jobs[JobKey(client: client.key.serial, jobID: jobID)] {

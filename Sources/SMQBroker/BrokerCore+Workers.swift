@@ -81,7 +81,7 @@ extension BrokerCore {
     /// after the pass). A full pipe puts the fragment back uncharged and rests the connection
     /// until the next tick.
     private func deliver(_ fragment: HeldFragment, to connection: PeerConnection, service: ServiceQueue) -> Bool {
-        guard let state = connection.worker, let body = fragment.body, !fragment.job.ended else { return true }
+        guard let state = connection.worker, let body = fragment.body, !fragment.isDead else { return true }
         let delivery = nextDeliveryID()
         switch sink.forward(body, as: .work, tag: delivery, keep: true, to: connection.address) {
         case .sent:

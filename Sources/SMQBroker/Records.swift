@@ -134,6 +134,9 @@ final class Job {
     /// Set once the client resubmitted from a new connection: done fragments may run again (C26).
     var rerunAllowed = false
     var ended = false
+    /// About to end with others (a revoked client's jobs): nothing of it may be dispatched while
+    /// the jobs before it end and free their workers' credit.
+    var doomed = false
 
     init(key: JobKey, service: ServiceQueue, owner: PeerKey, count: UInt32, totalLength: UInt64, replyTo: PeerConnection) {
         self.key = key
@@ -189,5 +192,5 @@ final class HeldFragment {
         enqueuedAt = now
     }
 
-    var isDead: Bool { body == nil || job.ended }
+    var isDead: Bool { body == nil || job.ended || job.doomed }
 }

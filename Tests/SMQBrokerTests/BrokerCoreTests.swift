@@ -375,6 +375,33 @@ import Testing
         #expect(h.disconnects(to: revoked).count == 1)
     }
 
+    /// Found by the property test: failing a revoked client's first job freed a worker's credit,
+    /// which went to the client's next job before that one failed.
+    @Test func revokingAClientWithSeveralJobsDispatchesNoneOfThem() {
+        let h = CoreHarness()
+        let client = h.client("c")
+        _ = h.worker("w", credit: 1)
+        h.submit(client, job: .n(1), count: 2)
+        h.submit(client, job: .n(2), count: 2)
+        h.submit(client, job: .n(3), count: 2)
+        #expect(h.takeWorks().count == 1)
+        h.revoke("c")
+        #expect(h.takeWorks().isEmpty)
+        #expect(h.failures(to: client).filter { $0.2 == 403 }.count == 3)
+    }
+
+    @Test func aClientThatVanishesWithSeveralJobsHasNoneOfThemDispatched() {
+        let h = CoreHarness()
+        let client = h.client("c")
+        _ = h.worker("w", credit: 1)
+        h.submit(client, job: .n(1), count: 2)
+        h.submit(client, job: .n(2), count: 2)
+        #expect(h.takeWorks().count == 1)
+        h.core.connectionGone(client, now: h.clock)
+        #expect(h.takeWorks().isEmpty)
+        #expect(h.core.bytesHeld == 0 && h.core.jobs.isEmpty)
+    }
+
     @Test func aRevokedClientsJobsFailWith403() {
         let h = CoreHarness()
         let client = h.client("c")

@@ -177,6 +177,8 @@ final class CoreHarness {
 
     /// WORK sent since the last call, in order.
     var works: [Work] = []
+    /// Every WORK since the caller last cleared it.
+    var fresh: [Work] = []
     var results: [(address: [UInt8], job: JobID, index: UInt32)] = []
     var controls: [(address: [UInt8], message: ControlMessage)] = []
 
@@ -193,6 +195,7 @@ final class CoreHarness {
                                 length: Int(view.header.length), service: view.service.description)
                 }
                 works.append(work)
+                fresh.append(work)
             case .result(let address, _, let body):
                 body.bytes.withUnsafeBytes { raw in
                     if case .result(let view)? = try? Message.parse(raw, limits: ProtocolLimits(maxFragment: core.rules.maxFragment)) {
