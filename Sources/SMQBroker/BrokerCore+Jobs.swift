@@ -233,7 +233,10 @@ extension BrokerCore {
     }
 
     func enqueueOutbox(_ item: OutboxItem, to client: PeerConnection) {
-        if client.outbox.isEmpty { client.outboxStuckSince = now }
+        if client.outbox.isEmpty {
+            client.outboxStuckSince = now
+            waitingOutboxes[client.serial] = client
+        }
         client.outbox.append(item)
         client.key.account.outboxItems += 1
         if case .result(_, _, let cost) = item { hold(cost: cost, for: client.key) }
@@ -270,6 +273,7 @@ extension BrokerCore {
             }
         }
         client.outboxStuckSince = 0
+        waitingOutboxes[client.serial] = nil
         if client.jobs.isEmpty { activeClients[client.serial] = nil }
         // Its queued work may go again.
         if !client.key.account.isBlocked {
@@ -279,6 +283,7 @@ extension BrokerCore {
     }
 
     func dropOutbox(_ client: PeerConnection) {
+        waitingOutboxes[client.serial] = nil
         while let item = client.outbox.popFirst() {
             client.key.account.outboxItems -= 1
             if case .result(_, _, let cost) = item { release(cost: cost, for: client.key) }

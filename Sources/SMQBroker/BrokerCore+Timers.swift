@@ -9,14 +9,7 @@ extension BrokerCore {
     public func tick(now: UInt64) {
         self.now = now
         // Pipes that were full get another try.
-        if !blockedWorkers.isEmpty {
-            let blocked = blockedWorkers
-            blockedWorkers.removeAll()
-            for connection in blocked where !connection.gone {
-                connection.worker?.blocked = false
-                connection.worker?.service.refresh(connection.key)
-            }
-        }
+        if !blockedWorkers.isEmpty { unblockWorkers() }
         for connection in Array(activeWorkers.values) where !connection.gone {
             guard let state = connection.worker else { continue }
             if now &- connection.lastSeen > state.heartbeatInterval &* UInt64(rules.liveness) {

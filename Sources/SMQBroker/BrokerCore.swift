@@ -23,6 +23,8 @@ public final class BrokerCore {
     /// Worker connections and client connections with jobs or an outbox: the only ones timers walk.
     var activeWorkers: [UInt64: PeerConnection] = [:]
     var activeClients: [UInt64: PeerConnection] = [:]
+    /// Client connections whose outbox holds something.
+    var waitingOutboxes: [UInt64: PeerConnection] = [:]
     var services: [String: ServiceQueue] = [:]
     var jobs: [JobKey: Job] = [:]
     var deliveries: [UInt64: HeldFragment] = [:]
@@ -176,6 +178,44 @@ public final class BrokerCore {
                  ["key": "\(connection.key.fingerprint)", "name": "\(connection.key.name)",
                   "role": "\(connection.isWorker ? "worker" : "client")"])
         remove(connection, reason: "dropped its connection", charge: true)
+    }
+
+    /// Whether a peer's pipe was found full: results wait in a client's outbox, or a worker rests.
+    /// The adapter then calls ``retryFullPipes(now:)`` soon (a pipe drains as libzmq writes to
+    /// the socket).
+    public var hasFullPipes: Bool { !waitingOutboxes.isEmpty || !blockedWorkers.isEmpty }
+
+    /// Sends what waits in outboxes as far as each client's pipe takes it, and offers work again
+    /// to workers whose pipe was full.
+    /// - Returns: Whether anything moved.
+    @discardableResult
+    public func retryFullPipes(now: UInt64) -> Bool {
+        self.now = now
+        var moved = false
+        for client in Array(waitingOutboxes.values) {
+            let before = client.outbox.count
+            flushOutbox(client)
+            if client.outbox.count != before { moved = true }
+        }
+        if !blockedWorkers.isEmpty {
+            let before = counters.dispatched
+            unblockWorkers()
+            if counters.dispatched != before { moved = true }
+        }
+        return moved
+    }
+
+    func unblockWorkers() {
+        let blocked = blockedWorkers
+        blockedWorkers.removeAll()
+        var touched: [ServiceQueue] = []
+        for connection in blocked where !connection.gone {
+            guard let state = connection.worker else { continue }
+            state.blocked = false
+            state.service.refresh(connection.key)
+            if !touched.contains(where: { $0 === state.service }) { touched.append(state.service) }
+        }
+        for service in touched { dispatch(service) }
     }
 
     /// Every connection the core knows (for the adapter's probe of dropped pipes).

@@ -30,7 +30,7 @@ public struct BrokerRules: Sendable, Hashable {
     /// How long an ended job id is remembered.
     public var endedJobMemory: UInt64 = 60_000_000_000
     /// Connections one key may have open at once.
-    public var maxConnectionsPerKey = 64
+    public var maxConnectionsPerKey = 16
     /// How long a fragment waits for a service that has no worker before its job fails with 404.
     public var serviceTimeout: UInt64 = 10_000_000_000
     /// Heartbeat interval expected of clients (workers announce theirs in READY).

@@ -54,7 +54,7 @@ struct SecureBroker: AsyncParsableCommand {
     var maxEndedJobs: Int = 16_384
 
     @Option(help: "Connections one key may have open at once; more get DISCONNECT. 1–100000.")
-    var maxConnectionsPerKey: Int = 64
+    var maxConnectionsPerKey: Int = 16
 
     @Option(help: "Seconds a fragment waits for a service with no worker before its job fails with 404. 0.001–86400.")
     var serviceTimeout: Double = 10
@@ -66,7 +66,7 @@ struct SecureBroker: AsyncParsableCommand {
     var slowClientTimeout: Double = 60
 
     @Option(help: "Messages libzmq queues per peer (ZMQ_SNDHWM of the ROUTER); beyond it results wait in that client's outbox, counted against it. 1–100000.")
-    var sendHwm: Int = 64
+    var sendHwm: Int = 32
 
     @Option(help: "Heartbeat interval expected of clients, in milliseconds. 100–60000.")
     var heartbeatMs: Int = 2500

@@ -41,7 +41,7 @@ public struct BrokerConfiguration: Sendable {
     /// Ended (failed or cancelled) job ids remembered for stray SUBMITs, at most.
     public var maxEndedJobs: Int = 16_384
     /// Connections one key may have open at once.
-    public var maxConnectionsPerKey: Int = 64
+    public var maxConnectionsPerKey: Int = 16
     /// How long a fragment waits for a service that has no worker before its job fails with 404.
     public var serviceTimeout: Duration = .seconds(10)
     /// Heartbeat interval expected of clients (workers announce their own in READY).
@@ -57,7 +57,7 @@ public struct BrokerConfiguration: Sendable {
     public var slowClientTimeout: Duration = .seconds(60)
     /// Messages libzmq queues per peer before a send finds the pipe full (ZMQ_SNDHWM of the
     /// broker's ROUTER): what a client that does not read can leave in libzmq.
-    public var sendHighWaterMark: Int = 64
+    public var sendHighWaterMark: Int = 32
     /// How often the allowlist directory is checked for changed contents.
     public var allowlistCheckInterval: Duration = .seconds(1)
     /// How long BUSY asks a client to wait before resending.

@@ -66,6 +66,7 @@ final class BrokerEngine: BrokerSink {
 
     /// Reads what is queued, a bounded batch per wake-up so timers still run under load.
     private func readAll() {
+        defer { scheduleFlush() }
         for _ in 0..<4096 {
             do {
                 guard try server.socket.receive(into: routingFrame) else { return }
@@ -169,9 +170,28 @@ final class BrokerEngine: BrokerSink {
 
     // MARK: timers and lifecycle
 
+    private var flushScheduled = false
+    private var flushDelay: Duration = .milliseconds(1)
+
+    /// While results wait in outboxes (or a worker's pipe was full), try again soon: 1 ms after a flush that moved
+    /// something, backing off to 64 ms while nothing moves (a client that does not read costs
+    /// one failed send per backoff step, not a busy loop).
+    private func scheduleFlush() {
+        guard core.hasFullPipes, !flushScheduled else { return }
+        flushScheduled = true
+        thread.schedule(after: flushDelay) { [weak self] in
+            guard let self else { return }
+            self.flushScheduled = false
+            let moved = self.core.retryFullPipes(now: Self.now)
+            self.flushDelay = moved ? .milliseconds(1) : min(self.flushDelay * 2, .milliseconds(64))
+            self.scheduleFlush()
+        }
+    }
+
     private func tick() {
         checkAllowlist()
         core.tick(now: Self.now)
+        scheduleFlush()
     }
 
     func checkAllowlist(force: Bool = false) {
