@@ -98,7 +98,7 @@ extension BrokerCore {
         counters.failedJobs += 1
         log.note(.jobFailed, key: job.owner.serial, level: .notice, "job failed", now: now, [
             "client": "\(job.owner.fingerprint)", "job": "\(job.key.jobID)", "index": "\(index)",
-            "code": "\(code.rawValue)", "reason": "\(PeerText.escaped(reason))",
+            "code": "\(code.rawValue)", "reason": "\(reason)",
         ])
         sendFailed(jobID: job.key.jobID, index: index, code: code, reason: reason, to: job.replyTo)
         end(job)

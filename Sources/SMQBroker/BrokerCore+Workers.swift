@@ -133,7 +133,7 @@ extension BrokerCore {
         } else {
             finishDelivery(fragment, from: connection)
             let passed = FailureCode.passedThrough(fromWorker: code)
-            failJob(fragment.job, index: fragment.index, code: passed, reason: "worker \(connection.key.name): \(PeerText.escaped(reason))")
+            failJob(fragment.job, index: fragment.index, code: passed, reason: "worker \(connection.key.name): \(reason)")
             if let service = connection.worker?.service { dispatch(service) }
         }
     }
@@ -152,7 +152,7 @@ extension BrokerCore {
         fragment.lastFailedKey = failedKey
         if fragment.attempts >= rules.maxDeliveries {
             failJob(fragment.job, index: fragment.index, code: .retriesExhausted,
-                    reason: "fragment \(fragment.index) failed \(fragment.attempts) deliveries (last: \(PeerText.escaped(reason)))")
+                    reason: "fragment \(fragment.index) failed \(fragment.attempts) deliveries (last: \(reason))")
             return
         }
         counters.requeued += 1
