@@ -182,9 +182,11 @@ extension BrokerCore {
             service.removeWorker(connection, baseWindow: rules.baseWindow)
             state.inFlight = 0
             state.suspects = 0
-            for fragment in held.sorted(by: { $0.index < $1.index }) {
+            for fragment in held {
                 fragment.deliveryID = 0
                 fragment.worker = nil
+            }
+            for fragment in held.sorted(by: { $0.index < $1.index }) where !fragment.isDead {
                 if charge {
                     fragment.suspect = true
                     requeueOrFail(fragment, failedKey: connection.key.serial, reason: "worker \(connection.key.name) \(reason)")

@@ -134,13 +134,11 @@ extension BrokerCore {
             fragment.body = nil
             release(cost: fragment.cost, for: job.owner)
             if fragment.deliveryID != 0 {
-                deliveries[fragment.deliveryID] = nil
-                if let worker = fragment.worker, let state = worker.worker {
-                    state.deliveries.remove(fragment.deliveryID)
-                    if fragment.wasSuspectWhenSent { state.suspects -= 1 }
-                    worker.worker?.service.inFlightChanged(worker, by: -1)
+                if let worker = fragment.worker {
+                    finishDelivery(fragment, from: worker)
                     freed.append(worker)
                 }
+                deliveries[fragment.deliveryID] = nil
                 fragment.deliveryID = 0
                 fragment.worker = nil
             }

@@ -94,6 +94,9 @@ extension BrokerCore {
             service.enqueue(fragment, now: now, retry: true)
             return true
         case .gone:
+            // Out of the picks for the rest of this pass; the caller removes it after the pass.
+            state.blocked = true
+            service.refresh(connection.key)
             service.enqueue(fragment, now: now, retry: true)
             return false
         }
@@ -148,7 +151,7 @@ extension BrokerCore {
     }
 
     func requeueOrFail(_ fragment: HeldFragment, failedKey: Int, reason: String) {
-        guard !fragment.job.ended else { return }
+        guard !fragment.isDead else { return }
         fragment.lastFailedKey = failedKey
         if fragment.attempts >= rules.maxDeliveries {
             failJob(fragment.job, index: fragment.index, code: .retriesExhausted,

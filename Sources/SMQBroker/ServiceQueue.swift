@@ -138,6 +138,7 @@ final class ServiceQueue {
     /// Queues a fragment: a retried one (charged, or a suspect) in the retry queue, served first;
     /// a new one at the end of its client's queue.
     func enqueue(_ fragment: HeldFragment, now: UInt64, retry: Bool = false) {
+        guard !fragment.isDead, !fragment.queued else { return }
         fragment.queued = true
         fragment.enqueuedAt = now
         queuedCount += 1
@@ -196,6 +197,7 @@ final class ServiceQueue {
             let fragment = retries[position]
             if !fragment.queued || fragment.isDead {
                 retries.remove(at: position)
+                if fragment.queued { fragment.queued = false; queuedCount -= 1 }
                 continue
             }
             if (fragment.suspect && holdsSuspect) || (fragment.lastFailedKey == slot.key.serial && othersFree)
@@ -212,7 +214,7 @@ final class ServiceQueue {
             guard let queue = clients[client] else { continue }
             while let head = queue.fragments.first, !head.queued || head.isDead {
                 queue.fragments.removeFirst()
-                if queue.dead > 0 { queue.dead -= 1 }
+                if head.queued { head.queued = false; queuedCount -= 1 } else if queue.dead > 0 { queue.dead -= 1 }
             }
             if queue.fragments.isEmpty {
                 queue.inOrder = false

@@ -48,7 +48,7 @@ struct SplitMix64: RandomNumberGenerator {
             var forbidden: Set<JobKey> = []
             var nextJob: UInt64 = 1
             for step in 0..<300 {
-                let op = Int.random(in: 0..<14, using: &rng)
+                let op = Int.random(in: 0..<15, using: &rng)
                 switch op {
                 case 0, 1, 2, 3:
                     let client = clients.randomElement(using: &rng)!
@@ -94,6 +94,10 @@ struct SplitMix64: RandomNumberGenerator {
                     h.revoke(clientNames[index])
                     clientNames[index] = "c\(index)x\(step)"
                     clients[index] = h.client(clientNames[index])
+                case 12:
+                    // A worker's pipe disappears: the next send to it finds it gone.
+                    let index = Int.random(in: 0..<workers.count, using: &rng)
+                    h.sink.gone.insert(workers[index].address)
                 default:
                     for worker in workers where !worker.gone { h.send(ControlMessage.heartbeat.encoded(), from: worker) }
                     for client in clients where !client.gone { h.send(ControlMessage.ping.encoded(), from: client) }
@@ -140,7 +144,13 @@ struct SplitMix64: RandomNumberGenerator {
         for fragment in core.deliveries.values {
             #expect(fragment.worker != nil && !fragment.job.ended)
         }
+        var queued: [String: Int] = [:]
+        for job in core.jobs.values {
+            for fragment in job.live.values where fragment.queued { queued[job.service.name, default: 0] += 1 }
+        }
         for service in core.services.values {
+            #expect(service.queuedCount == queued[service.name, default: 0], "queued count out of step (seed \(seed), step \(step))")
+            #expect(service.recordCount <= 2 * max(64, service.queuedCount) + 64 * 3, "dead records pile up (seed \(seed), step \(step))")
             for slot in service.workers.values {
                 #expect(slot.inFlight <= slot.cap, "a worker key holds more than its cap (seed \(seed), step \(step))")
                 #expect(slot.inFlight == slot.connections.reduce(0) { $0 + ($1.worker?.inFlight ?? 0) })
