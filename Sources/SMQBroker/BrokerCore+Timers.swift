@@ -59,6 +59,7 @@ extension BrokerCore {
             // A safety net: every path that frees credit dispatches, but work must never wait on
             // a path that was missed.
             if service.queuedCount > 0 && service.scheduler.eligibleCount > 0 { dispatch(service) }
+            service.purgeEmptyQueues()
             forgetIfIdle(service)
         }
         endedJobs.expire(now: now)

@@ -217,8 +217,10 @@ final class ServiceQueue {
                 if head.queued { head.queued = false; queuedCount -= 1 } else if queue.dead > 0 { queue.dead -= 1 }
             }
             if queue.fragments.isEmpty {
+                // Kept (with its storage) for the client's next SUBMIT: a queue that empties at
+                // every dispatch must not cost two allocations per fragment. Emptied queues are
+                // dropped by `purgeEmptyQueues` at the next tick.
                 queue.inOrder = false
-                clients[client] = nil
                 continue
             }
             if queue.owner.account.isBlocked {
@@ -228,7 +230,6 @@ final class ServiceQueue {
             let fragment = queue.fragments.removeFirst()
             if queue.fragments.isEmpty {
                 queue.inOrder = false
-                clients[client] = nil
             } else {
                 clientOrder.append(client)
             }
@@ -241,6 +242,13 @@ final class ServiceQueue {
         fragment.queued = false
         queuedCount -= 1
         return fragment
+    }
+
+    /// Forgets client queues that are empty (once per tick, so a busy client keeps its queue
+    /// between SUBMITs and an idle one costs nothing for long).
+    func purgeEmptyQueues() {
+        guard clients.count > clientOrder.count else { return }
+        for (client, queue) in clients where queue.fragments.isEmpty && !queue.inOrder { clients[client] = nil }
     }
 
     /// The live queued fragment that has waited longest (for the service timeout).
