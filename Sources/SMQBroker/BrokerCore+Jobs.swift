@@ -206,6 +206,7 @@ extension BrokerCore {
             forget(job)
         }
         if let service = connection.worker?.service { dispatch(service) }
+        if draining { checkDrained() }
     }
 
     /// Sends a RESULT, or keeps it in the client's outbox when its pipe is full; while an outbox
@@ -231,6 +232,15 @@ extension BrokerCore {
     }
 
     func enqueueOutbox(_ item: OutboxItem, to client: PeerConnection) {
+        guard client.outbox.count < rules.maxOutbox else {
+            // A slow consumer (NATS's term): it sends faster than it reads what it is answered.
+            // Its replies are not kept without bound; it is dropped like a vanished client.
+            counters.slowClients += 1
+            log.note(.clientGone, key: client.key.serial, level: .warning, "client does not read its replies; dropping it", now: now,
+                     ["key": "\(client.key.fingerprint)", "name": "\(client.key.name)", "waiting": "\(client.outbox.count)"])
+            sendAway(client, reason: "more than \(rules.maxOutbox) replies unread", charge: false)
+            return
+        }
         if client.outbox.isEmpty {
             client.outboxStuckSince = now
             waitingOutboxes[client.serial] = client

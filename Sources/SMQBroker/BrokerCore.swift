@@ -279,7 +279,11 @@ public final class BrokerCore {
 
     /// Forgets a service that has no worker, no queued fragment and no open job (C38).
     func forgetIfIdle(_ service: ServiceQueue) {
-        if service.isIdle, services[service.name] === service { services[service.name] = nil }
+        guard service.isIdle, services[service.name] === service else { return }
+        services[service.name] = nil
+        // Dead records still in its queues hold their jobs, which hold the service: a cycle
+        // that would leak every forgotten service (C38).
+        service.clearRecords()
     }
 
     func schedulerWeight(_ key: PeerKey) -> Int { rules.strategy == .roundRobin ? 1 : key.entry.weight }

@@ -45,6 +45,9 @@ public struct BrokerRules: Sendable, Hashable {
     /// How long a client's outbox may stay blocked (results it does not read) before the client
     /// is dropped like a vanished one.
     public var slowClientTimeout: UInt64 = 60_000_000_000
+    /// Messages one connection's outbox may hold (results and control messages its pipe could not
+    /// take); one more and the client is dropped as a slow consumer.
+    public var maxOutbox = 4096
     /// How long BUSY asks a client to wait.
     public var busyRetryAfterMilliseconds: UInt32 = 50
     /// The shortest time between two log lines of one kind about one key.
@@ -85,6 +88,7 @@ public struct BrokerRules: Sendable, Hashable {
         try check((1...(1 << 24)).contains(maxDoneAhead), "max done-ahead must be 1…16777216, got \(maxDoneAhead)")
         try check((0...(1 << 24)).contains(maxEndedJobs), "max ended jobs must be 0…16777216, got \(maxEndedJobs)")
         try check((1...100_000).contains(maxConnectionsPerKey), "max connections per key must be 1…100000, got \(maxConnectionsPerKey)")
+        try check((1...(1 << 24)).contains(maxOutbox), "max outbox must be 1…16777216, got \(maxOutbox)")
         try check((1...1000).contains(liveness), "liveness must be 1…1000, got \(liveness)")
         try check((1...1000).contains(maxDeliveries), "max deliveries must be 1…1000, got \(maxDeliveries)")
         try check(heartbeatInterval >= 100_000_000 && heartbeatInterval <= 60_000_000_000, "heartbeat interval must be 100 ms…60 s")

@@ -244,6 +244,14 @@ final class ServiceQueue {
         return fragment
     }
 
+    /// Drops every record (all dead: the service is idle) when the service is forgotten.
+    func clearRecords() {
+        retries.removeAll()
+        clients.removeAll()
+        clientOrder.removeAll()
+        passedOver.removeAll()
+    }
+
     /// Forgets client queues that are empty (once per tick, so a busy client keeps its queue
     /// between SUBMITs and an idle one costs nothing for long).
     func purgeEmptyQueues() {

@@ -68,6 +68,9 @@ struct SecureBroker: AsyncParsableCommand {
     @Option(help: "Messages libzmq queues per peer (ZMQ_SNDHWM of the ROUTER); beyond it results wait in that client's outbox, counted against it. 1–100000.")
     var sendHwm: Int = 32
 
+    @Option(help: "Replies (results, FAILED, BUSY) one client connection may leave unread in the broker beyond libzmq's queue; one more and it gets DISCONNECT as a slow consumer. 1–16777216.")
+    var maxOutbox: Int = 4096
+
     @Option(help: "Heartbeat interval expected of clients, in milliseconds. 100–60000.")
     var heartbeatMs: Int = 2500
 
@@ -142,6 +145,7 @@ struct SecureBroker: AsyncParsableCommand {
         configuration.workLease = try seconds(workLease, "--work-lease", 1...604_800)
         configuration.slowClientTimeout = try seconds(slowClientTimeout, "--slow-client-timeout", 1...86_400)
         configuration.sendHighWaterMark = try within(sendHwm, "--send-hwm", 1...100_000)
+        configuration.maxOutbox = try within(maxOutbox, "--max-outbox", 1...(1 << 24))
         configuration.heartbeatInterval = .milliseconds(try within(heartbeatMs, "--heartbeat-ms", 100...60_000))
         configuration.liveness = try within(liveness, "--liveness", 1...1000)
         configuration.maxDeliveries = try within(maxDeliveries, "--max-deliveries", 1...1000)

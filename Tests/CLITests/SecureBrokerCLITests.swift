@@ -15,7 +15,7 @@ let crashMarkers = ["Fatal error", "Stack dump", "Current stack trace", "backtra
         ("--drain-timeout", "shutdown"), ("--stats-interval", "statistics"), ("--log-level", "debug"), ("--allow-insecure-secret", "group"), ("--help", "help"),
         ("--max-fragments", "BUSY"), ("--max-ended-jobs", "410"), ("--max-connections-per-key", "DISCONNECT"),
         ("--work-lease", "requeued and charged"), ("--slow-client-timeout", "unread"), ("--send-hwm", "ZMQ_SNDHWM"),
-        ("--log-interval", "suppressed"),
+        ("--log-interval", "suppressed"), ("--max-outbox", "slow consumer"),
     ]
 
     @Test(.timeLimit(.minutes(2)))
@@ -143,7 +143,7 @@ enum HelpText {
         ("--base-window", "100001"), ("--liveness", "0"), ("--max-deliveries", "0"), ("--heartbeat-ms", "99"),
         ("--heartbeat-ms", "60001"), ("--stats-interval", "0"), ("--max-fragments", "0"), ("--max-ended-jobs", "-1"),
         ("--max-connections-per-key", "0"), ("--send-hwm", "0"), ("--byte-budget", "-1M"), ("--byte-budget", "99999999999999G"),
-        ("--max-fragment", "1G"), ("--byte-budget", "512K"),
+        ("--max-fragment", "1G"), ("--byte-budget", "512K"), ("--max-outbox", "0"),
     ]
 
     @Test(.timeLimit(.minutes(3)))

@@ -130,6 +130,36 @@ import Testing
         #expect(h.failures(to: client).filter { $0.0 == .n(1) && $0.2 == 410 }.count == 2)
     }
 
+    /// Found by a SUBMIT + CANCEL churn against a real broker (+900 MiB in 10 s): a forgotten
+    /// service's queues held dead records, which held their jobs, which held the service.
+    @Test func aForgottenServiceIsFreed() {
+        let h = CoreHarness()
+        let client = h.client("c")
+        weak var service: ServiceQueue?
+        weak var job: Job?
+        do {
+            h.submit(client, job: .n(1), count: 2)
+            service = h.core.services["echo"]
+            job = h.core.jobs.values.first
+            #expect(service != nil && job != nil)
+            h.cancel(client, job: .n(1))
+        }
+        #expect(h.core.services.isEmpty)
+        #expect(service == nil, "the forgotten service leaked")
+        #expect(job == nil, "the cancelled job leaked")
+    }
+
+    @Test func aClientThatDoesNotReadItsRepliesIsDroppedAtTheOutboxLimit() {
+        var rules = BrokerRules.small
+        rules.maxOutbox = 10
+        let h = CoreHarness(rules: rules)
+        let client = h.client("c")
+        h.sink.full.insert(client.address)
+        for n in 0..<11 { h.cancel(client, job: .n(UInt64(n))); h.submit(client, job: .n(UInt64(n)), service: "mmi.nothing") }
+        #expect(client.gone)
+        #expect(h.core.snapshot.slowClients == 1)
+    }
+
     @Test func endedJobIdsAreBounded() {
         var rules = BrokerRules.small
         rules.maxEndedJobs = 10

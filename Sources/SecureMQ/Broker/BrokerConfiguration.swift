@@ -58,6 +58,9 @@ public struct BrokerConfiguration: Sendable {
     /// Messages libzmq queues per peer before a send finds the pipe full (ZMQ_SNDHWM of the
     /// broker's ROUTER): what a client that does not read can leave in libzmq.
     public var sendHighWaterMark: Int = 32
+    /// Replies one client connection may leave unread in the broker (beyond libzmq's queue)
+    /// before it is dropped as a slow consumer.
+    public var maxOutbox: Int = 4096
     /// How often the allowlist directory is checked for changed contents.
     public var allowlistCheckInterval: Duration = .seconds(1)
     /// How long BUSY asks a client to wait before resending.
@@ -105,6 +108,7 @@ public struct BrokerConfiguration: Sendable {
         rules.maxConnectionsPerKey = maxConnectionsPerKey
         rules.serviceTimeout = try nanos(serviceTimeout, "the service timeout")
         rules.heartbeatInterval = try nanos(heartbeatInterval, "the heartbeat interval")
+        rules.maxOutbox = maxOutbox
         rules.liveness = liveness
         rules.maxDeliveries = maxDeliveries
         rules.workLease = try nanos(workLease, "the work lease")
