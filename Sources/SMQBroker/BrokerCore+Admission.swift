@@ -174,6 +174,8 @@ extension BrokerCore {
         connection.key.connections[connection.serial] = nil
         activeWorkers[connection.serial] = nil
         activeClients[connection.serial] = nil
+        waitingWorkers[connection.serial] = nil
+        connection.worker?.pending.removeAll()
         if let state = connection.worker {
             let service = state.service
             let held = state.deliveries.compactMap { deliveries[$0] }

@@ -9,7 +9,7 @@ extension BrokerCore {
     public func tick(now: UInt64) {
         self.now = now
         // Pipes that were full get another try.
-        if !blockedWorkers.isEmpty { unblockWorkers() }
+        if hasFullPipes { retryFullPipes(now: now) }
         for connection in Array(activeWorkers.values) where !connection.gone {
             guard let state = connection.worker else { continue }
             if now &- connection.lastSeen > state.heartbeatInterval &* UInt64(rules.liveness) {

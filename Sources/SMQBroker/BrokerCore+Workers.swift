@@ -57,7 +57,9 @@ extension BrokerCore {
         repeat {
             service.needsDispatch = false
             var gone: [PeerConnection] = []
-            while service.queuedCount > 0, let (slot, connection) = service.pickWorker() {
+            // A pick moves its key's deadline on: pick only when some fragment may go (not when
+            // every client with queued work waits for its outbox), or the shares drift.
+            while service.queuedCount > 0, service.hasDispatchableWork, let (slot, connection) = service.pickWorker() {
                 guard let fragment = service.dequeue(for: slot, connection: connection) else {
                     service.passOver(slot)
                     continue
@@ -77,28 +79,15 @@ extension BrokerCore {
         service.dispatching = false
     }
 
-    /// Sends one WORK. Returns false when the worker's connection is gone (the caller removes it
-    /// after the pass). A full pipe puts the fragment back uncharged and rests the connection
-    /// until the next tick.
+    /// Sends one WORK. A full pipe keeps it, in flight, in the connection's pending queue (so
+    /// the scheduler's picks stand); it goes as the pipe drains. Returns false when the worker's
+    /// connection is gone (the caller removes it after the pass, which requeues the fragment).
     private func deliver(_ fragment: HeldFragment, to connection: PeerConnection, service: ServiceQueue) -> Bool {
         guard let state = connection.worker, let body = fragment.body, !fragment.isDead else { return true }
         let delivery = nextDeliveryID()
-        switch sink.forward(body, as: .work, tag: delivery, keep: true, to: connection.address) {
-        case .sent:
-            break
-        case .full:
-            counters.pipeFull += 1
-            state.blocked = true
-            blockedWorkers.append(connection)
-            service.refresh(connection.key)
-            service.enqueue(fragment, now: now, retry: true)
-            return true
-        case .gone:
-            // Out of the picks for the rest of this pass; the caller removes it after the pass.
-            state.blocked = true
-            service.refresh(connection.key)
-            service.enqueue(fragment, now: now, retry: true)
-            return false
+        var outcome = SendOutcome.full
+        if state.pending.isEmpty {
+            outcome = sink.forward(body, as: .work, tag: delivery, keep: true, to: connection.address)
         }
         fragment.deliveryID = delivery
         fragment.worker = connection
@@ -110,7 +99,46 @@ extension BrokerCore {
         state.deliveries.insert(delivery)
         service.inFlightChanged(connection, by: 1)
         counters.dispatched += 1
-        return true
+        switch outcome {
+        case .sent:
+            return true
+        case .full:
+            counters.pipeFull += 1
+            state.pending.append((fragment, delivery))
+            waitingWorkers[connection.serial] = connection
+            return true
+        case .gone:
+            // Out of the picks for the rest of this pass.
+            state.blocked = true
+            service.refresh(connection.key)
+            return false
+        }
+    }
+
+    /// Sends the deliveries that waited for a worker's pipe, in order, skipping any whose job
+    /// ended meanwhile (nothing of a cancelled job is sent).
+    func flushPending(_ connection: PeerConnection) {
+        guard let state = connection.worker, !connection.gone else {
+            waitingWorkers[connection.serial] = nil
+            return
+        }
+        while let (fragment, delivery) = state.pending.first {
+            guard deliveries[delivery] === fragment, let body = fragment.body, !fragment.isDead else {
+                state.pending.removeFirst()
+                continue
+            }
+            switch sink.forward(body, as: .work, tag: delivery, keep: true, to: connection.address) {
+            case .sent:
+                state.pending.removeFirst()
+            case .full:
+                return
+            case .gone:
+                waitingWorkers[connection.serial] = nil
+                remove(connection, reason: "unreachable", charge: true)
+                return
+            }
+        }
+        waitingWorkers[connection.serial] = nil
     }
 
     /// A delivery ended (result, reject, failed attempt): its worker's credit returns.
@@ -120,6 +148,11 @@ extension BrokerCore {
         fragment.deliveryID = 0
         fragment.worker = nil
         guard let state = connection.worker, state.deliveries.remove(delivery) != nil else { return }
+        if !state.pending.isEmpty {
+            // Never sent (its job ended or it failed first): it must not be sent later.
+            state.pending.removeAll { $0.delivery == delivery }
+            if state.pending.isEmpty { waitingWorkers[connection.serial] = nil }
+        }
         if fragment.wasSuspectWhenSent { state.suspects -= 1 }
         state.service.inFlightChanged(connection, by: -1)
     }

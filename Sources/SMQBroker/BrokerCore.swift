@@ -34,7 +34,8 @@ public final class BrokerCore {
     var fragmentsHeld = 0
     /// Client keys holding at least one fragment (for the per-client share).
     var holdingClients = 0
-    var blockedWorkers: [PeerConnection] = []
+    /// Worker connections with deliveries waiting for their pipe.
+    var waitingWorkers: [UInt64: PeerConnection] = [:]
     public private(set) var draining = false
     var now: UInt64 = 0
     var lastLeaseCheck: UInt64 = 0
@@ -180,13 +181,12 @@ public final class BrokerCore {
         remove(connection, reason: "dropped its connection", charge: true)
     }
 
-    /// Whether a peer's pipe was found full: results wait in a client's outbox, or a worker rests.
-    /// The adapter then calls ``retryFullPipes(now:)`` soon (a pipe drains as libzmq writes to
-    /// the socket).
-    public var hasFullPipes: Bool { !waitingOutboxes.isEmpty || !blockedWorkers.isEmpty }
+    /// Whether a peer's pipe was found full: results wait in a client's outbox, or WORK for a
+    /// worker. The adapter then calls ``retryFullPipes(now:)`` soon (a pipe drains as libzmq
+    /// writes to the socket).
+    public var hasFullPipes: Bool { !waitingOutboxes.isEmpty || !waitingWorkers.isEmpty }
 
-    /// Sends what waits in outboxes as far as each client's pipe takes it, and offers work again
-    /// to workers whose pipe was full.
+    /// Sends what waits for full pipes, as far as each pipe takes it.
     /// - Returns: Whether anything moved.
     @discardableResult
     public func retryFullPipes(now: UInt64) -> Bool {
@@ -197,25 +197,12 @@ public final class BrokerCore {
             flushOutbox(client)
             if client.outbox.count != before { moved = true }
         }
-        if !blockedWorkers.isEmpty {
-            let before = counters.dispatched
-            unblockWorkers()
-            if counters.dispatched != before { moved = true }
+        for worker in Array(waitingWorkers.values) {
+            let before = worker.worker?.pending.count ?? 0
+            flushPending(worker)
+            if (worker.worker?.pending.count ?? 0) != before { moved = true }
         }
         return moved
-    }
-
-    func unblockWorkers() {
-        let blocked = blockedWorkers
-        blockedWorkers.removeAll()
-        var touched: [ServiceQueue] = []
-        for connection in blocked where !connection.gone {
-            guard let state = connection.worker else { continue }
-            state.blocked = false
-            state.service.refresh(connection.key)
-            if !touched.contains(where: { $0 === state.service }) { touched.append(state.service) }
-        }
-        for service in touched { dispatch(service) }
     }
 
     /// Every connection the core knows (for the adapter's probe of dropped pipes).

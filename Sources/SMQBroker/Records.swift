@@ -93,8 +93,11 @@ final class WorkerConnectionState {
     var deliveries: Set<UInt64> = []
     /// Suspects held: never more than one (§4.1).
     var suspects = 0
-    /// Its pipe was full: no WORK until the next tick tries it again.
+    /// Its pipe is gone: no WORK for the rest of the dispatch pass (it is removed after it).
     var blocked = false
+    /// Deliveries its pipe could not take yet, in order: in flight (they count against its
+    /// credit and their lease runs), sent as the pipe drains. Bounded by its credit.
+    var pending: Deque<(fragment: HeldFragment, delivery: UInt64)> = []
 
     init(service: ServiceQueue, askedCredit: Int, heartbeatInterval: UInt64, now: UInt64) {
         self.service = service

@@ -259,6 +259,16 @@ final class ServiceQueue {
         for (client, queue) in clients where queue.fragments.isEmpty && !queue.inOrder { clients[client] = nil }
     }
 
+    /// Whether a queued fragment may be dispatched now: a retry, or a client queue whose client's
+    /// outbox is empty (stops at the first such client: usually the first one).
+    var hasDispatchableWork: Bool {
+        if !retries.isEmpty { return true }
+        for client in clientOrder {
+            if let queue = clients[client], !queue.owner.account.isBlocked, !queue.fragments.isEmpty { return true }
+        }
+        return false
+    }
+
     /// The live queued fragment that has waited longest (for the service timeout).
     func oldestQueued() -> HeldFragment? {
         var oldest: HeldFragment?

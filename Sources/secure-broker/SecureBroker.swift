@@ -65,8 +65,8 @@ struct SecureBroker: AsyncParsableCommand {
     @Option(help: "Seconds a client may leave its results unread (its work is not dispatched meanwhile) before it is dropped like a vanished client. 1–86400.")
     var slowClientTimeout: Double = 60
 
-    @Option(help: "Messages libzmq queues per peer (ZMQ_SNDHWM of the ROUTER); beyond it results wait in that client's outbox, counted against it. 1–100000.")
-    var sendHwm: Int = 32
+    @Option(help: "Messages libzmq queues per peer connection each way (ZMQ_SNDHWM and ZMQ_RCVHWM of the ROUTER); beyond it results wait in that client's outbox, counted against it, and a peer that sends faster than the broker reads waits in TCP. 1–100000.")
+    var peerHwm: Int = 32
 
     @Option(help: "Replies (results, FAILED, BUSY) one client connection may leave unread in the broker beyond libzmq's queue; one more and it gets DISCONNECT as a slow consumer. 1–16777216.")
     var maxOutbox: Int = 4096
@@ -144,7 +144,7 @@ struct SecureBroker: AsyncParsableCommand {
         configuration.serviceTimeout = try seconds(serviceTimeout, "--service-timeout", 0.001...86_400)
         configuration.workLease = try seconds(workLease, "--work-lease", 1...604_800)
         configuration.slowClientTimeout = try seconds(slowClientTimeout, "--slow-client-timeout", 1...86_400)
-        configuration.sendHighWaterMark = try within(sendHwm, "--send-hwm", 1...100_000)
+        configuration.peerHighWaterMark = try within(peerHwm, "--peer-hwm", 1...100_000)
         configuration.maxOutbox = try within(maxOutbox, "--max-outbox", 1...(1 << 24))
         configuration.heartbeatInterval = .milliseconds(try within(heartbeatMs, "--heartbeat-ms", 100...60_000))
         configuration.liveness = try within(liveness, "--liveness", 1...1000)

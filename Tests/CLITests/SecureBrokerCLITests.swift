@@ -14,7 +14,7 @@ let crashMarkers = ["Fatal error", "Stack dump", "Current stack trace", "backtra
         ("--heartbeat-ms", "Heartbeat"), ("--liveness", "dead"), ("--max-deliveries", "504"),
         ("--drain-timeout", "shutdown"), ("--stats-interval", "statistics"), ("--log-level", "debug"), ("--allow-insecure-secret", "group"), ("--help", "help"),
         ("--max-fragments", "BUSY"), ("--max-ended-jobs", "410"), ("--max-connections-per-key", "DISCONNECT"),
-        ("--work-lease", "requeued and charged"), ("--slow-client-timeout", "unread"), ("--send-hwm", "ZMQ_SNDHWM"),
+        ("--work-lease", "requeued and charged"), ("--slow-client-timeout", "unread"), ("--peer-hwm", "ZMQ_SNDHWM"),
         ("--log-interval", "suppressed"), ("--max-outbox", "slow consumer"),
     ]
 
@@ -142,7 +142,7 @@ enum HelpText {
         ("--max-jobs", "0"), ("--max-jobs", "1e300"), ("--max-jobs", "99999999999999999999"), ("--base-window", "0"),
         ("--base-window", "100001"), ("--liveness", "0"), ("--max-deliveries", "0"), ("--heartbeat-ms", "99"),
         ("--heartbeat-ms", "60001"), ("--stats-interval", "0"), ("--max-fragments", "0"), ("--max-ended-jobs", "-1"),
-        ("--max-connections-per-key", "0"), ("--send-hwm", "0"), ("--byte-budget", "-1M"), ("--byte-budget", "99999999999999G"),
+        ("--max-connections-per-key", "0"), ("--peer-hwm", "0"), ("--byte-budget", "-1M"), ("--byte-budget", "99999999999999G"),
         ("--max-fragment", "1G"), ("--byte-budget", "512K"), ("--max-outbox", "0"),
     ]
 

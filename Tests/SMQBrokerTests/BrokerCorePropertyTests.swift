@@ -158,6 +158,7 @@ struct SplitMix64: RandomNumberGenerator {
                     let state = connection.worker!
                     #expect(state.inFlight <= state.askedCredit)
                     #expect(state.inFlight == state.deliveries.count)
+                    #expect(state.pending.count <= state.inFlight)
                     #expect(state.suspects <= 1)
                 }
             }

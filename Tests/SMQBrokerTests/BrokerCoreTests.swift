@@ -276,17 +276,49 @@ import Testing
         #expect(h.core.bytesHeld == 0 && h.core.fragmentsHeld == 0 && h.core.jobs.isEmpty)
     }
 
-    @Test func aFullWorkPipeRequeuesWithoutACharge() {
+    @Test func workForAFullPipeWaitsInFlightAndGoesInOrderWhenItDrains() {
         let h = CoreHarness()
+        let client = h.client("c")
+        let worker = h.worker("w", credit: 4)
+        h.sink.full.insert(worker.address)
+        for index in 0..<3 { h.submit(client, job: .n(1), index: UInt32(index), count: 3) }
+        #expect(h.takeWorks().isEmpty)
+        #expect(worker.worker!.pending.count == 3 && worker.worker!.inFlight == 3, "pending work is in flight: the picks stand")
+        #expect(h.core.hasFullPipes)
+        h.sink.full.remove(worker.address)
+        h.core.retryFullPipes(now: h.clock)
+        #expect(h.takeWorks().map(\.index) == [0, 1, 2])
+        #expect(!h.core.hasFullPipes)
+    }
+
+    @Test func pendingWorkOfACancelledJobIsNeverSent() {
+        let h = CoreHarness()
+        let client = h.client("c")
+        let worker = h.worker("w", credit: 4)
+        h.sink.full.insert(worker.address)
+        h.submit(client, job: .n(1), count: 2)
+        h.submit(client, job: .n(2))
+        h.cancel(client, job: .n(1))
+        h.sink.full.remove(worker.address)
+        h.core.retryFullPipes(now: h.clock)
+        #expect(h.takeWorks().map(\.job) == [.n(2)])
+    }
+
+    @Test func aWorkerThatNeverReadsLosesItsWorkAtTheLease() {
+        var rules = BrokerRules.small
+        rules.workLease = 5_000_000_000
+        let h = CoreHarness(rules: rules)
         let client = h.client("c")
         let stuck = h.worker("stuck", credit: 1)
         h.sink.full.insert(stuck.address)
         h.submit(client, job: .n(1))
-        #expect(h.takeWorks().isEmpty)
-        let other = h.worker("other", credit: 1)
-        let works = h.takeWorks()
-        #expect(works.map(\.address) == [other.address])
-        #expect(h.core.jobs.values.first!.live[0]!.attempts == 1)
+        for _ in 0..<7 {
+            h.send(ControlMessage.heartbeat.encoded(), from: stuck)
+            h.advance(seconds: 1)
+        }
+        #expect(stuck.gone)
+        let other = h.worker("other")
+        #expect(h.takeWorks().map(\.address) == [other.address])
     }
 }
 

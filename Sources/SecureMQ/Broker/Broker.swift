@@ -50,11 +50,12 @@ public final class Broker: Sendable {
                 let server = try CurveServerSocket(
                     context: context, endpoints: configuration.endpoints, keyPair: keyPair, allowlist: allowlist,
                     maxMessageSize: Wire.maxMessageSize(forFragment: configuration.maxFragmentSize),
-                    highWaterMark: 10_000, logger: logger)
-                // A small send queue per peer: a client that does not read fills it soon, and
-                // then its results wait in the core's outbox, counted against it (C36). With
-                // ZMQ_ROUTER_MANDATORY a send to a full pipe fails with EAGAIN instead of dropping.
-                try server.socket.set(ZMQ_SNDHWM, Int32(configuration.sendHighWaterMark))
+                    // A small queue per peer, each way, set before the socket binds (a listener
+                    // copies the options it binds with; setting them later changes nothing for
+                    // peers that connect after). A client that does not read fills its send queue
+                    // soon, and its results then wait in the core's outbox, counted against it
+                    // (C36): with ZMQ_ROUTER_MANDATORY a send to a full pipe fails with EAGAIN.
+                    highWaterMark: Int32(configuration.peerHighWaterMark), logger: logger)
                 let engine = BrokerEngine(server: server, context: context, allowlist: allowlist, configuration: configuration,
                                           rules: rules, thread: thread, logger: logger)
                 thread.onStop { engine.close() }

@@ -55,9 +55,10 @@ public struct BrokerConfiguration: Sendable {
     public var workLease: Duration = .seconds(300)
     /// How long a client's results may wait unread before the client is dropped.
     public var slowClientTimeout: Duration = .seconds(60)
-    /// Messages libzmq queues per peer before a send finds the pipe full (ZMQ_SNDHWM of the
-    /// broker's ROUTER): what a client that does not read can leave in libzmq.
-    public var sendHighWaterMark: Int = 32
+    /// Messages libzmq queues per peer connection, each way (ZMQ_SNDHWM and ZMQ_RCVHWM of the
+    /// broker's ROUTER, set before it binds): what a client that does not read can leave in
+    /// libzmq, and what a peer can park in the broker's receive queue.
+    public var peerHighWaterMark: Int = 32
     /// Replies one client connection may leave unread in the broker (beyond libzmq's queue)
     /// before it is dropped as a slow consumer.
     public var maxOutbox: Int = 4096
@@ -77,8 +78,8 @@ public struct BrokerConfiguration: Sendable {
     public func validate() throws(SecureMQError) {
         _ = try rules()
         guard !endpoints.isEmpty else { throw SecureMQError(.invalidConfiguration, "the broker needs at least one endpoint") }
-        guard (1...100_000).contains(sendHighWaterMark) else {
-            throw SecureMQError(.invalidConfiguration, "the send high-water mark must be 1…100000, got \(sendHighWaterMark)")
+        guard (1...100_000).contains(peerHighWaterMark) else {
+            throw SecureMQError(.invalidConfiguration, "the peer high-water mark must be 1…100000, got \(peerHighWaterMark)")
         }
         guard drainTimeout >= .zero && drainTimeout <= .seconds(86_400) else {
             throw SecureMQError(.invalidConfiguration, "the drain timeout must be 0 s…24 h")

@@ -135,7 +135,7 @@ final class BrokerEngine: BrokerSink {
         let message = unsafeDowncast(body, to: ZMQMessage.self)
         Fragment.rewriteCommandAndTag(in: message.mutableBytes, command: command, tag: tag)
         do throws(SecureMQError) {
-            guard try server.socket.send(address, more: true) else { return .full }
+            guard try sendAddress(address) else { return .full }
             if keep {
                 // A reference, not a copy: zmq_msg_copy shares the buffer; the original stays for requeue.
                 zmq_msg_copy(sendScratch.pointer, message.pointer)
@@ -149,11 +149,23 @@ final class BrokerEngine: BrokerSink {
 
     func send(_ bytes: [UInt8], to address: [UInt8]) -> SendOutcome {
         do throws(SecureMQError) {
-            guard try server.socket.send(address, more: true) else { return .full }
+            guard try sendAddress(address) else { return .full }
             return try server.socket.send(bytes) ? .sent : .full
         } catch {
             return outcome(of: error)
         }
+    }
+
+    /// The routing-id frame, which is where ZMQ_ROUTER_MANDATORY reports a full pipe. libzmq
+    /// learns that the I/O thread has drained a pipe only when the socket processes its commands,
+    /// which a send does at most about once a millisecond: in a burst a pipe looks full long
+    /// after it emptied. So a full pipe is believed only after a `ZMQ_EVENTS` query has processed
+    /// the pending commands and one more try failed. (The retry touches the socket again, so the
+    /// thread's loop still asks `ZMQ_EVENTS` before it sleeps.)
+    private func sendAddress(_ address: [UInt8]) throws(SecureMQError) -> Bool {
+        if try server.socket.send(address, more: true) { return true }
+        _ = server.socket.hasMessage
+        return try server.socket.send(address, more: true)
     }
 
     private func outcome(of error: SecureMQError) -> SendOutcome {
