@@ -40,7 +40,7 @@ extension BrokerCore {
             keys[publicKey] = key
         }
         guard key.connections.count < rules.maxConnectionsPerKey else {
-            log.note(.tooManyConnections, key: key.serial, level: .warning, "refused a connection: too many for one key", now: now,
+            log.note(.tooManyConnections, key: key.logID, level: .warning, "refused a connection: too many for one key", now: now,
                      ["key": "\(key.fingerprint)", "limit": "\(rules.maxConnectionsPerKey)"])
             _ = sink.send(ControlMessage.disconnect(reason: "too many connections for key \(key.fingerprint) (limit \(rules.maxConnectionsPerKey))").encoded(), to: address)
             return nil
@@ -48,7 +48,7 @@ extension BrokerCore {
         let connection = makeConnection(id: id, address: address, key: key)
         connections[id] = connection
         key.connections[connection.serial] = connection
-        log.note(.peerJoined, key: key.serial, level: .info, "peer joined", now: now, [
+        log.note(.peerJoined, key: key.logID, level: .info, "peer joined", now: now, [
             "key": "\(key.fingerprint)", "name": "\(key.name)", "role": "\(key.role)", "weight": "\(key.entry.weight)",
         ])
         return connection
@@ -60,7 +60,7 @@ extension BrokerCore {
         self.now = now
         guard !connection.gone else { return }
         counters.userIDMismatches += 1
-        log.note(.userIDMismatch, key: connection.key.serial, level: .warning,
+        log.note(.userIDMismatch, key: connection.key.logID, level: .warning,
                  "a message's User-Id does not match its connection's key; registration ended", now: now,
                  ["key": "\(connection.key.fingerprint)", "name": "\(connection.key.name)"])
         remove(connection, reason: "sent as another key", charge: false)
@@ -134,7 +134,7 @@ extension BrokerCore {
 
     func droppedFromRevoked(_ key: PeerKey) {
         counters.revokedMessages += 1
-        log.note(.revokedMessage, key: key.serial, level: .warning, "dropping messages from a revoked key", now: now,
+        log.note(.revokedMessage, key: key.logID, level: .warning, "dropping messages from a revoked key", now: now,
                  ["key": "\(key.fingerprint)", "name": "\(key.name)"])
     }
 
@@ -143,7 +143,7 @@ extension BrokerCore {
     func allow(_ connection: PeerConnection, _ role: PeerRole, _ command: Command) -> Bool {
         guard connection.key.role.allows(role) else {
             counters.roleViolations += 1
-            log.note(.roleViolation, key: connection.key.serial, level: .warning, "role violation", now: now, [
+            log.note(.roleViolation, key: connection.key.logID, level: .warning, "role violation", now: now, [
                 "key": "\(connection.key.fingerprint)", "name": "\(connection.key.name)",
                 "role": "\(connection.key.role)", "command": "\(command)",
             ])

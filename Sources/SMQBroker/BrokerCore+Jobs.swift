@@ -64,7 +64,7 @@ extension BrokerCore {
         }
         if job.live[header.index] != nil || (job.isDone(header.index) && !job.rerunAllowed) {
             counters.duplicateSubmits += 1
-            log.note(.duplicateSubmit, key: client.key.serial, level: .debug, "duplicate SUBMIT ignored", now: now,
+            log.note(.duplicateSubmit, key: client.key.logID, level: .debug, "duplicate SUBMIT ignored", now: now,
                      ["key": "\(client.key.fingerprint)", "index": "\(header.index)"])
             return
         }
@@ -86,7 +86,7 @@ extension BrokerCore {
     func cancel(_ jobID: JobID, from client: PeerConnection) {
         guard let job = jobs[JobKey(client: client.key.serial, jobID: jobID)] else { return }
         counters.failedJobs += 1
-        log.note(.cancel, key: client.key.serial, level: .debug, "job cancelled", now: now,
+        log.note(.cancel, key: client.key.logID, level: .debug, "job cancelled", now: now,
                  ["client": "\(client.key.fingerprint)", "job": "\(jobID)"])
         sendFailed(jobID: jobID, index: Message.wholeJobIndex, code: .cancelled, reason: "cancelled by the client", to: job.replyTo)
         end(job)
@@ -96,7 +96,7 @@ extension BrokerCore {
     /// fragments are dropped, its late results ignored, one FAILED is sent.
     func failJob(_ job: Job, index: UInt32, code: FailureCode, reason: String) {
         counters.failedJobs += 1
-        log.note(.jobFailed, key: job.owner.serial, level: .notice, "job failed", now: now, [
+        log.note(.jobFailed, key: job.owner.logID, level: .notice, "job failed", now: now, [
             "client": "\(job.owner.fingerprint)", "job": "\(job.key.jobID)", "index": "\(index)",
             "code": "\(code.rawValue)", "reason": "\(reason)",
         ])
@@ -169,7 +169,7 @@ extension BrokerCore {
     func done(_ result: FragmentView, body: AnyObject, from connection: PeerConnection) {
         guard let fragment = deliveries[result.tag], fragment.worker === connection else {
             counters.strayResults += 1
-            log.note(.strayResult, key: connection.key.serial, level: .info, "dropped a result for an unknown delivery", now: now,
+            log.note(.strayResult, key: connection.key.logID, level: .info, "dropped a result for an unknown delivery", now: now,
                      ["worker": "\(connection.key.fingerprint)", "delivery": "\(result.tag)"])
             return
         }
@@ -178,7 +178,7 @@ extension BrokerCore {
         guard header.jobID == job.key.jobID, header.index == fragment.index, header.count == job.count,
               result.service.bytes.elementsEqual(job.service.name.utf8) else {
             counters.strayResults += 1
-            log.note(.mismatchedResult, key: connection.key.serial, level: .warning, "dropped a result that does not match its delivery", now: now,
+            log.note(.mismatchedResult, key: connection.key.logID, level: .warning, "dropped a result that does not match its delivery", now: now,
                      ["worker": "\(connection.key.fingerprint)", "delivery": "\(result.tag)"])
             attemptFailed(fragment, code: .malformed, reason: "the worker's result did not match its delivery")
             return
@@ -219,7 +219,7 @@ extension BrokerCore {
                 counters.results += 1
                 return
             case .gone:
-                log.note(.clientGone, key: client.key.serial, level: .warning, "client unreachable; dropping its jobs", now: now,
+                log.note(.clientGone, key: client.key.logID, level: .warning, "client unreachable; dropping its jobs", now: now,
                          ["client": "\(client.key.fingerprint)"])
                 counters.droppedConnections += 1
                 remove(client, reason: "unreachable", charge: false)
@@ -236,7 +236,7 @@ extension BrokerCore {
             // A slow consumer (NATS's term): it sends faster than it reads what it is answered.
             // Its replies are not kept without bound; it is dropped like a vanished client.
             counters.slowClients += 1
-            log.note(.clientGone, key: client.key.serial, level: .warning, "client does not read its replies; dropping it", now: now,
+            log.note(.clientGone, key: client.key.logID, level: .warning, "client does not read its replies; dropping it", now: now,
                      ["key": "\(client.key.fingerprint)", "name": "\(client.key.name)", "waiting": "\(client.outbox.count)"])
             sendAway(client, reason: "more than \(rules.maxOutbox) replies unread", charge: false)
             return

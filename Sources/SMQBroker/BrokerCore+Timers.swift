@@ -14,7 +14,7 @@ extension BrokerCore {
             guard let state = connection.worker else { continue }
             if now &- connection.lastSeen > state.heartbeatInterval &* UInt64(rules.liveness) {
                 counters.deadWorkers += 1
-                log.note(.workerGone, key: connection.key.serial, level: .warning, "worker silent; presumed dead", now: now, [
+                log.note(.workerGone, key: connection.key.logID, level: .warning, "worker silent; presumed dead", now: now, [
                     "key": "\(connection.key.fingerprint)", "name": "\(connection.key.name)", "inFlight": "\(state.inFlight)",
                 ])
                 remove(connection, reason: "went silent", charge: true)
@@ -37,14 +37,14 @@ extension BrokerCore {
                 flushOutbox(client)
                 if !client.gone, !client.outbox.isEmpty, now &- client.outboxStuckSince > rules.slowClientTimeout {
                     counters.slowClients += 1
-                    log.note(.clientGone, key: client.key.serial, level: .warning, "client does not read its results; dropping its jobs", now: now,
+                    log.note(.clientGone, key: client.key.logID, level: .warning, "client does not read its results; dropping its jobs", now: now,
                              ["key": "\(client.key.fingerprint)", "name": "\(client.key.name)", "waiting": "\(client.outbox.count)"])
                     sendAway(client, reason: "results not read for \(rules.slowClientTimeout / 1_000_000_000) s", charge: false)
                     continue
                 }
             }
             if !client.gone, !client.jobs.isEmpty, now &- client.lastSeen > silence {
-                log.note(.clientGone, key: client.key.serial, level: .warning, "client silent; dropping its jobs", now: now,
+                log.note(.clientGone, key: client.key.logID, level: .warning, "client silent; dropping its jobs", now: now,
                          ["key": "\(client.key.fingerprint)", "name": "\(client.key.name)"])
                 remove(client, reason: "went silent", charge: false)
             }
@@ -81,7 +81,7 @@ extension BrokerCore {
             }
             guard let expired else { continue }
             counters.leasesExpired += 1
-            log.note(.workerGone, key: connection.key.serial, level: .warning, "worker held a delivery past the work lease", now: now, [
+            log.note(.workerGone, key: connection.key.logID, level: .warning, "worker held a delivery past the work lease", now: now, [
                 "key": "\(connection.key.fingerprint)", "name": "\(connection.key.name)", "delivery": "\(expired.deliveryID)",
             ])
             // The worker leaves first (its other work requeued uncharged), so the expired

@@ -30,7 +30,7 @@ extension BrokerCore {
         activeWorkers[connection.serial] = connection
         activeClients[connection.serial] = nil
         let slot = service.addWorker(connection, weight: schedulerWeight(connection.key), baseWindow: rules.baseWindow)
-        log.note(.workerReady, key: connection.key.serial, level: .info, "worker ready", now: now, [
+        log.note(.workerReady, key: connection.key.logID, level: .info, "worker ready", now: now, [
             "key": "\(connection.key.fingerprint)", "name": "\(connection.key.name)", "service": "\(name)",
             "weight": "\(connection.key.entry.weight)", "credit": "\(slot.cap)",
         ])
@@ -69,7 +69,7 @@ extension BrokerCore {
             service.endPass()
             for connection in gone {
                 counters.droppedConnections += 1
-                log.note(.workerGone, key: connection.key.serial, level: .warning, "could not send WORK; worker gone", now: now,
+                log.note(.workerGone, key: connection.key.logID, level: .warning, "could not send WORK; worker gone", now: now,
                          ["worker": "\(connection.key.fingerprint)"])
                 service.dispatching = false
                 remove(connection, reason: "unreachable", charge: true)
@@ -160,7 +160,7 @@ extension BrokerCore {
     func workerRejected(_ connection: PeerConnection, delivery: UInt64, code: FailureCode, retryable: Bool, reason: String) {
         guard let fragment = deliveries[delivery], fragment.worker === connection else {
             counters.strayResults += 1
-            log.note(.strayResult, key: connection.key.serial, level: .info, "dropped a REJECT for an unknown delivery", now: now,
+            log.note(.strayResult, key: connection.key.logID, level: .info, "dropped a REJECT for an unknown delivery", now: now,
                      ["worker": "\(connection.key.fingerprint)", "delivery": "\(delivery)"])
             return
         }

@@ -113,12 +113,12 @@ public final class BrokerCore {
             guard allow(connection, .worker, .credit) else { return }
             raiseCredit(connection, to: credit)
         case .disconnect(let reason):
-            log.note(.peerLeft, key: connection.key.serial, level: .info, "peer left", now: now,
+            log.note(.peerLeft, key: connection.key.logID, level: .info, "peer left", now: now,
                      ["key": "\(connection.key.fingerprint)", "name": "\(connection.key.name)", "reason": "\(reason.string)"])
             remove(connection, reason: "disconnected", charge: true)
         case .pong, .result, .failed, .busy, .work:
             counters.roleViolations += 1
-            log.note(.roleViolation, key: connection.key.serial, level: .warning, "role violation", now: now,
+            log.note(.roleViolation, key: connection.key.logID, level: .warning, "role violation", now: now,
                      ["key": "\(connection.key.fingerprint)", "command": "\(message.command)"])
             sendAway(connection, reason: "\(message.command) is sent by a broker, not to it", charge: true)
         }
@@ -142,7 +142,7 @@ public final class BrokerCore {
         guard !connection.gone else { return }
         connection.lastSeen = now
         counters.malformed += 1
-        log.note(.malformed, key: connection.key.serial, level: .warning, "dropped malformed message", now: now,
+        log.note(.malformed, key: connection.key.logID, level: .warning, "dropped malformed message", now: now,
                  ["key": "\(connection.key.fingerprint)", "reason": "\(reason())"])
         if let code = error.failureCode, let jobID = error.jobID, let index = error.index {
             if error.command == .submit, connection.key.role.allows(.client), !connection.isWorker {
@@ -174,7 +174,7 @@ public final class BrokerCore {
         self.now = now
         guard !connection.gone else { return }
         counters.droppedConnections += 1
-        log.note(connection.isWorker ? .workerGone : .clientGone, key: connection.key.serial, level: .warning,
+        log.note(connection.isWorker ? .workerGone : .clientGone, key: connection.key.logID, level: .warning,
                  "peer connection dropped", now: now,
                  ["key": "\(connection.key.fingerprint)", "name": "\(connection.key.name)",
                   "role": "\(connection.isWorker ? "worker" : "client")"])

@@ -19,6 +19,9 @@ public final class PeerKey {
     /// hold control characters).
     private(set) var name: String
     let fingerprint: String
+    /// Log lines are limited per key by this, not by `serial`: a key that is forgotten and comes
+    /// back (a flood of reconnections) keeps its place in the rate limiter.
+    let logID: Int
     /// What this key holds as a client (PROTOCOL.md C36).
     var account = ClientAccount()
 
@@ -30,6 +33,7 @@ public final class PeerKey {
         self.role = role
         name = PeerText.escaped(entry.name)
         fingerprint = entry.publicKey.fingerprint
+        logID = Int(truncatingIfNeeded: entry.publicKey.tag)
     }
 
     func update(entry: AllowlistEntry, role: PeerRole) {

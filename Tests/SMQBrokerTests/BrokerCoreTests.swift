@@ -409,6 +409,20 @@ import Testing
         #expect(h.takeWorks().map(\.address) == [next.address])
     }
 
+    /// A key that is forgotten when its connection goes and made anew when it reconnects keeps
+    /// its place in the rate limiter (found by a reconnection flood: one line per reconnection).
+    @Test func aReconnectingKeyDoesNotEscapeTheLogLimit() {
+        let h = CoreHarness()
+        h.allow("c", role: "client")
+        for _ in 0..<50 {
+            let client = h.connect("c")
+            h.send([0x53, 0x4D, 0x51, 1, 0x7F], from: client)
+            h.core.connectionGone(client, now: h.clock)
+        }
+        #expect(h.core.snapshot.malformed == 50)
+        #expect(h.lines.messages.filter { $0 == "dropped malformed message" }.count == 1, "\(h.lines.messages)")
+    }
+
     @Test func forgedResultsAreDroppedAndTheirLogLinesSuppressed() {
         let h = CoreHarness()
         let worker = h.worker("w")
