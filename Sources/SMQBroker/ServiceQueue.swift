@@ -28,6 +28,9 @@ final class ServiceQueue {
     /// Keys passed over in the current dispatch (nothing they may take): eligible again after it.
     private var passedOver: [Int] = []
 
+    /// The virtual time of the fair queue over clients: the finish time of the last client served.
+    private var virtualNow: UInt64 = 0
+
     init(name: String, strategy: StrideScheduler<Int>.Strategy) {
         self.name = name
         scheduler = StrideScheduler(strategy: strategy)
@@ -156,7 +159,10 @@ final class ServiceQueue {
         }
         queue.fragments.append(fragment)
         if !queue.inOrder {
+            // A client that (re)starts sending begins at the service's virtual time: no credit
+            // saved from idleness, no debt kept from long ago.
             queue.inOrder = true
+            queue.finish = max(queue.finish, virtualNow)
             clientOrder.append(client)
         }
     }
@@ -208,10 +214,20 @@ final class ServiceQueue {
             retries.remove(at: position)
             return take(fragment)
         }
-        var turns = clientOrder.count
-        while turns > 0, let client = clientOrder.popFirst() {
-            turns -= 1
-            guard let queue = clients[client] else { continue }
+        // Fair queueing over clients by cost (start-time fair queueing): each client's queue has
+        // a virtual finish time that grows by the cost of what it was served; the next fragment
+        // comes from the client with the smallest, ties to the one that waited longest. Equal
+        // fragments alternate; a client with small fragments is not slowed by one with large
+        // ones. O(clients with queued work) per pick.
+        var best: ClientQueue?
+        var bestPosition = 0
+        position = 0
+        while position < clientOrder.count {
+            let client = clientOrder[position]
+            guard let queue = clients[client] else {
+                clientOrder.remove(at: position)
+                continue
+            }
             while let head = queue.fragments.first, !head.queued || head.isDead {
                 queue.fragments.removeFirst()
                 if head.queued { head.queued = false; queuedCount -= 1 } else if queue.dead > 0 { queue.dead -= 1 }
@@ -221,21 +237,27 @@ final class ServiceQueue {
                 // every dispatch must not cost two allocations per fragment. Emptied queues are
                 // dropped by `purgeEmptyQueues` at the next tick.
                 queue.inOrder = false
+                clientOrder.remove(at: position)
                 continue
             }
-            if queue.owner.account.isBlocked {
-                clientOrder.append(client)
-                continue
+            if !queue.owner.account.isBlocked, best == nil || queue.finish < best!.finish {
+                best = queue
+                bestPosition = position
             }
-            let fragment = queue.fragments.removeFirst()
-            if queue.fragments.isEmpty {
-                queue.inOrder = false
-            } else {
-                clientOrder.append(client)
-            }
-            return take(fragment)
+            position += 1
         }
-        return nil
+        guard let queue = best else { return nil }
+        let fragment = queue.fragments.removeFirst()
+        virtualNow = queue.finish
+        queue.finish &+= UInt64(fragment.cost)
+        // It goes behind the others with its new finish time (ties go to who waited longer).
+        let client = clientOrder.remove(at: bestPosition)
+        if queue.fragments.isEmpty {
+            queue.inOrder = false
+        } else {
+            clientOrder.append(client)
+        }
+        return take(fragment)
     }
 
     private func take(_ fragment: HeldFragment) -> HeldFragment {
@@ -292,6 +314,8 @@ final class ClientQueue {
     var fragments: Deque<HeldFragment> = []
     var dead = 0
     var inOrder = false
+    /// Fair queueing: its virtual finish time (the cost it was served, from when it started).
+    var finish: UInt64 = 0
 
     init(owner: PeerKey) { self.owner = owner }
 }

@@ -75,7 +75,28 @@ import Testing
             h.done(worker, work)
         }
         // a's first was dispatched before b submitted; then they alternate while b has work.
-        #expect(order.prefix(5) == [.n(1), .n(1), .n(2), .n(1), .n(2)])
+        #expect(order.prefix(6) == [.n(1), .n(2), .n(1), .n(2), .n(1), .n(1)])
+    }
+
+    /// Fair by cost, not by count: a client with 1 KiB fragments gets four of them for each 4 KiB
+    /// fragment of another.
+    @Test func clientsShareByCostNotByCount() {
+        var rules = BrokerRules.small
+        rules.byteBudget = 1 << 20
+        let h = CoreHarness(rules: rules)
+        let big = h.client("big")
+        let small = h.client("small")
+        let worker = h.worker("w", credit: 1)
+        for index in 0..<20 { h.submit(big, job: .n(1), index: UInt32(index), count: 20, length: 4096) }
+        for index in 0..<20 { h.submit(small, job: .n(2), index: UInt32(index), count: 20, length: 1024) }
+        var costs: [JobID: Int] = [:]
+        for _ in 0..<20 {
+            guard let work = h.takeWorks().first else { break }
+            costs[work.job, default: 0] += max(work.length, 1024)
+            h.done(worker, work)
+        }
+        let bigShare = costs[.n(1), default: 0], smallShare = costs[.n(2), default: 0]
+        #expect(abs(bigShare - smallShare) <= 4096 + 1024, "big \(bigShare) B, small \(smallShare) B")
     }
 
     @Test func aServiceWithoutWorkersFailsWith404AndIsForgotten() {
