@@ -172,7 +172,12 @@ public final class BrokerCore {
     /// The transport says the connection is gone (its pipe closed, a send failed with EHOSTUNREACH).
     public func connectionGone(_ connection: PeerConnection, now: UInt64) {
         self.now = now
-        guard !connection.gone else { return }
+        guard !connection.gone else {
+            // A revoked key's connection was kept only to drop its messages quietly; its pipe is
+            // gone now, so nothing more can come.
+            if connections[connection.id] === connection { connections[connection.id] = nil }
+            return
+        }
         counters.droppedConnections += 1
         log.note(connection.isWorker ? .workerGone : .clientGone, key: connection.key.logID, level: .warning,
                  "peer connection dropped", now: now,

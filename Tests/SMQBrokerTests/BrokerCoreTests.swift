@@ -470,6 +470,9 @@ import Testing
         // Its later messages are dropped quietly.
         h.send(ControlMessage.heartbeat.encoded(), from: revoked)
         #expect(h.disconnects(to: revoked).count == 1)
+        // Once its pipe is gone it is forgotten.
+        h.core.connectionGone(revoked, now: h.clock)
+        #expect(h.core.connection(for: revoked.id) == nil)
     }
 
     /// Found by the property test: failing a revoked client's first job freed a worker's credit,
