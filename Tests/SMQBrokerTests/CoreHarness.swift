@@ -28,7 +28,7 @@ final class RecordingSink: BrokerSink {
         if gone.contains(address) { return .gone }
         if full.contains(address) { return .full }
         let body = body as! TestBody
-        Fragment.rewriteCommandAndTag(in: UnsafeMutableRawBufferPointer(start: &body.bytes, count: body.bytes.count), command: command, tag: tag)
+        body.bytes.withUnsafeMutableBytes { Fragment.rewriteCommandAndTag(in: $0, command: command, tag: tag) }
         effects.append(command == .work ? .work(address: address, tag: tag, body: body) : .result(address: address, tag: tag, body: body))
         return .sent
     }
