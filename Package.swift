@@ -2,8 +2,9 @@
 import PackageDescription
 
 // Layers, bottom up: the C libraries (system targets) -> SMQKeys (keys, certificates, allowlists)
-// and SMQProtocol (SMQ/1 codec and the fragment pipeline: pure values, no sockets) -> SecureMQ
-// (the ZeroMQ layer and the roles) -> thin executables.
+// and SMQProtocol (SMQ/1 codec and the fragment pipeline: pure values, no sockets) -> SMQBroker
+// (the broker's policy as a socket-free state machine) -> SecureMQ (the ZeroMQ layer, the roles and
+// the broker's socket adapter) -> thin executables.
 let package = Package(
     name: "SecureMQ",
     products: [
@@ -33,9 +34,17 @@ let package = Package(
             dependencies: ["CCrypto"]
         ),
         .target(
+            name: "SMQBroker",
+            dependencies: [
+                "SMQKeys", "SMQProtocol",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "DequeModule", package: "swift-collections"),
+            ]
+        ),
+        .target(
             name: "SecureMQ",
             dependencies: [
-                "SMQKeys", "SMQProtocol", "CZeroMQ", "CSodium",
+                "SMQKeys", "SMQProtocol", "SMQBroker", "CZeroMQ", "CSodium",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "DequeModule", package: "swift-collections"),
             ]
@@ -47,7 +56,7 @@ let package = Package(
         .executableTarget(
             name: "secure-broker",
             dependencies: [
-                "SecureMQ",
+                "SecureMQ", "SMQBroker",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -70,6 +79,15 @@ let package = Package(
         .testTarget(
             name: "SMQProtocolTests",
             dependencies: ["SMQProtocol", .product(name: "PropertyBased", package: "swift-property-based")]
+        ),
+        .testTarget(
+            name: "SMQBrokerTests",
+            dependencies: [
+                "SMQBroker", "SMQKeys", "SMQProtocol",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "DequeModule", package: "swift-collections"),
+                .product(name: "PropertyBased", package: "swift-property-based"),
+            ]
         ),
         .testTarget(
             name: "SecureMQTests",

@@ -2,6 +2,7 @@ import ArgumentParser
 import Glibc
 import Logging
 import SecureMQ
+import SMQBroker
 import ServiceLifecycle
 import UnixSignals
 
@@ -31,37 +32,61 @@ struct SecureBroker: AsyncParsableCommand {
     @Option(help: "Dispatch strategy: weighted (by allowlist weight) or round-robin.")
     var strategy: String = "weighted"
 
-    @Option(help: "Fragments in flight per worker key: min(asked credit, weight × base-window).")
+    @Option(help: "Fragments in flight per worker key: min(asked credit, weight × base-window). 1–100000.")
     var baseWindow: Int = 32
 
-    @Option(help: "Bytes of fragment bodies held (queued and in flight) before SUBMIT gets BUSY. Suffixes K, M, G.")
+    @Option(help: "Budget of fragments held (queued, in flight, results a client has not read yet); each costs max(body, 1 KiB). Beyond it, or beyond a client's share (budget / (other clients holding work + 2)), SUBMIT gets BUSY. Suffixes K, M, G.")
     var byteBudget: String = "256M"
 
-    @Option(help: "Largest fragment body accepted (requests and results). Suffixes K, M.")
+    @Option(help: "Fragments held at once, whatever their size, shared by clients like the byte budget; beyond it SUBMIT gets BUSY. 1–16777216.")
+    var maxFragments: Int = 65_536
+
+    @Option(help: "Largest fragment body accepted (requests and results). Suffixes K, M; at most 256M.")
     var maxFragment: String = "1M"
 
     @Option(help: "Role of an allowlisted key whose certificate names none: client, worker or both.")
     var defaultRole: String = "client"
 
-    @Option(help: "Open jobs per client at once.")
+    @Option(help: "Open jobs per client at once (one more gets BUSY). 1–100000.")
     var maxJobs: Int = 64
 
-    @Option(help: "Seconds a fragment waits for a service with no worker before its job fails with 404.")
+    @Option(help: "Ended (failed or cancelled) job ids remembered so stray SUBMITs get 410; oldest forgotten first. 0–16777216.")
+    var maxEndedJobs: Int = 16_384
+
+    @Option(help: "Connections one key may have open at once; more get DISCONNECT. 1–100000.")
+    var maxConnectionsPerKey: Int = 16
+
+    @Option(help: "Seconds a fragment waits for a service with no worker before its job fails with 404. 0.001–86400.")
     var serviceTimeout: Double = 10
 
-    @Option(help: "Heartbeat interval expected of clients, in milliseconds.")
+    @Option(help: "Seconds a worker may hold one fragment; past it the worker gets DISCONNECT and the fragment is requeued and charged (504 after max-deliveries). 1–604800.")
+    var workLease: Double = 300
+
+    @Option(help: "Seconds a client may leave its results unread (its work is not dispatched meanwhile) before it is dropped like a vanished client. 1–86400.")
+    var slowClientTimeout: Double = 60
+
+    @Option(help: "Messages libzmq queues per peer connection each way (ZMQ_SNDHWM and ZMQ_RCVHWM of the ROUTER); beyond it results wait in that client's outbox, counted against it, and a peer that sends faster than the broker reads waits in TCP. 1–100000.")
+    var peerHwm: Int = 32
+
+    @Option(help: "Replies (results, FAILED, BUSY) one client connection may leave unread in the broker beyond libzmq's queue; one more and it gets DISCONNECT as a slow consumer. 1–16777216.")
+    var maxOutbox: Int = 4096
+
+    @Option(help: "Heartbeat interval expected of clients, in milliseconds. 100–60000.")
     var heartbeatMs: Int = 2500
 
-    @Option(help: "Intervals of silence after which a peer is dead.")
+    @Option(help: "Intervals of silence after which a peer is dead. 1–1000.")
     var liveness: Int = 3
 
-    @Option(help: "Deliveries of one fragment before its job fails with 504.")
+    @Option(help: "Deliveries of one fragment before its job fails with 504. 1–1000.")
     var maxDeliveries: Int = 5
 
-    @Option(help: "Seconds a graceful shutdown waits for in-flight fragments.")
+    @Option(help: "Seconds a graceful shutdown waits for in-flight fragments. 0–86400.")
     var drainTimeout: Double = 10
 
-    @Option(help: "Seconds between statistics log lines.")
+    @Option(help: "Seconds between two log lines of one kind about one peer key; the next line says how many were suppressed. 0.001–3600.")
+    var logInterval: Double = 10
+
+    @Option(help: "Seconds between statistics log lines. 1–86400.")
     var statsInterval: Int = 60
 
     @Option(help: "Log level: trace, debug, info, notice, warning, error.")
@@ -71,18 +96,67 @@ struct SecureBroker: AsyncParsableCommand {
     var allowInsecureSecret = false
 
     func validate() throws {
-        guard BrokerConfiguration.Strategy(strategy) != nil else {
-            throw ValidationError("--strategy must be 'weighted' or 'round-robin', not '\(strategy)'")
-        }
         guard PeerRole(rawValue: defaultRole) != nil else {
             throw ValidationError("--default-role must be client, worker or both, not '\(defaultRole)'")
         }
-        guard statsInterval >= 1 else { throw ValidationError("--stats-interval must be at least 1 second") }
+        guard (1...86_400).contains(statsInterval) else { throw ValidationError("--stats-interval must be 1–86400 seconds, got \(statsInterval)") }
         guard Logger.Level(rawValue: logLevel) != nil else {
             throw ValidationError("--log-level must be one of trace, debug, info, notice, warning, error, critical")
         }
-        _ = try ByteSize.parse(byteBudget, option: "--byte-budget")
-        _ = try ByteSize.parse(maxFragment, option: "--max-fragment")
+        _ = try makeConfiguration()
+    }
+
+    /// Seconds from a flag as a duration: NaN, infinities, negatives and values out of range are
+    /// refused with the flag's name, never converted (converting 1e300 would trap).
+    private func seconds(_ value: Double, _ flag: String, _ range: ClosedRange<Double>) throws -> Duration {
+        guard let nanos = BrokerRules.nanoseconds(fromSeconds: value, in: range) else {
+            throw ValidationError("\(flag) must be a number of seconds from \(range.lowerBound) to \(range.upperBound), got \(value)")
+        }
+        return .nanoseconds(Int64(nanos))
+    }
+
+    private func within(_ value: Int, _ flag: String, _ range: ClosedRange<Int>) throws -> Int {
+        guard range.contains(value) else { throw ValidationError("\(flag) must be \(range.lowerBound)–\(range.upperBound), got \(value)") }
+        return value
+    }
+
+    /// Every flag checked and turned into the library's configuration.
+    func makeConfiguration() throws -> BrokerConfiguration {
+        guard let strategy = BrokerConfiguration.Strategy(strategy) else {
+            throw ValidationError("--strategy must be 'weighted' or 'round-robin', not '\(self.strategy)'")
+        }
+        var configuration = BrokerConfiguration()
+        configuration.endpoints = endpoints.isEmpty ? ["tcp://*:5555"] : endpoints
+        configuration.strategy = strategy
+        configuration.baseWindow = try within(baseWindow, "--base-window", 1...100_000)
+        configuration.byteBudget = try ByteSize.parse(byteBudget, option: "--byte-budget")
+        configuration.maxFragments = try within(maxFragments, "--max-fragments", 1...(1 << 24))
+        configuration.maxFragmentSize = try ByteSize.parse(maxFragment, option: "--max-fragment")
+        guard configuration.maxFragmentSize <= 256 << 20 else { throw ValidationError("--max-fragment must be at most 256M, got '\(maxFragment)'") }
+        guard configuration.byteBudget <= 1 << 40 else { throw ValidationError("--byte-budget must be at most 1024G, got '\(byteBudget)'") }
+        guard configuration.byteBudget >= max(configuration.maxFragmentSize, BrokerRules.fragmentFloor) else {
+            throw ValidationError("--byte-budget (\(byteBudget)) must be at least --max-fragment (\(maxFragment)) and 1K")
+        }
+        configuration.defaultRole = PeerRole(rawValue: defaultRole) ?? .client
+        configuration.maxJobsPerClient = try within(maxJobs, "--max-jobs", 1...100_000)
+        configuration.maxEndedJobs = try within(maxEndedJobs, "--max-ended-jobs", 0...(1 << 24))
+        configuration.maxConnectionsPerKey = try within(maxConnectionsPerKey, "--max-connections-per-key", 1...100_000)
+        configuration.serviceTimeout = try seconds(serviceTimeout, "--service-timeout", 0.001...86_400)
+        configuration.workLease = try seconds(workLease, "--work-lease", 1...604_800)
+        configuration.slowClientTimeout = try seconds(slowClientTimeout, "--slow-client-timeout", 1...86_400)
+        configuration.peerHighWaterMark = try within(peerHwm, "--peer-hwm", 1...100_000)
+        configuration.maxOutbox = try within(maxOutbox, "--max-outbox", 1...(1 << 24))
+        configuration.heartbeatInterval = .milliseconds(try within(heartbeatMs, "--heartbeat-ms", 100...60_000))
+        configuration.liveness = try within(liveness, "--liveness", 1...1000)
+        configuration.maxDeliveries = try within(maxDeliveries, "--max-deliveries", 1...1000)
+        configuration.drainTimeout = try seconds(drainTimeout, "--drain-timeout", 0...86_400)
+        configuration.logInterval = try seconds(logInterval, "--log-interval", 0.001...3600)
+        do {
+            try configuration.validate()
+        } catch {
+            throw ValidationError(error.message)
+        }
+        return configuration
     }
 
     func run() async throws {
@@ -94,22 +168,14 @@ struct SecureBroker: AsyncParsableCommand {
         }
         let logger = Logger(label: "secure-broker")
 
-        var configuration = BrokerConfiguration()
-        configuration.endpoints = endpoints.isEmpty ? ["tcp://*:5555"] : endpoints
-        configuration.strategy = BrokerConfiguration.Strategy(strategy)!
-        configuration.baseWindow = baseWindow
-        configuration.byteBudget = try ByteSize.parse(byteBudget, option: "--byte-budget")
-        configuration.maxFragmentSize = try ByteSize.parse(maxFragment, option: "--max-fragment")
-        configuration.defaultRole = PeerRole(rawValue: defaultRole)!
-        configuration.maxJobsPerClient = maxJobs
-        configuration.serviceTimeout = .milliseconds(Int(serviceTimeout * 1000))
-        configuration.heartbeatInterval = .milliseconds(heartbeatMs)
-        configuration.liveness = liveness
-        configuration.maxDeliveries = maxDeliveries
-        configuration.drainTimeout = .milliseconds(Int(drainTimeout * 1000))
+        let configuration: BrokerConfiguration
+        do {
+            configuration = try makeConfiguration()
+        } catch {
+            fail((error as? ValidationError)?.message ?? "\(error)")
+        }
 
         do {
-            try configuration.validate()
             let certificate = try Certificate.load(path: cert, allowInsecurePermissions: allowInsecureSecret)
             let keyPair = try certificate.keyPair()
             let allowed = try Allowlist(directory: allowlist, logger: logger)
@@ -171,7 +237,11 @@ struct BrokerService: Service {
             "requeued": "\(statistics.requeued)", "completedJobs": "\(statistics.completedJobs)", "failedJobs": "\(statistics.failedJobs)",
             "busy": "\(statistics.busy)", "malformed": "\(statistics.malformed)", "strayResults": "\(statistics.strayResults)",
             "deadWorkers": "\(statistics.deadWorkers)", "droppedConnections": "\(statistics.droppedConnections)",
-            "revocations": "\(statistics.revocations)", "bytesHeld": "\(statistics.bytesHeld)", "peakBytesHeld": "\(statistics.peakBytesHeld)",
+            "revocations": "\(statistics.revocations)", "userIDMismatches": "\(statistics.userIDMismatches)",
+            "leasesExpired": "\(statistics.leasesExpired)", "unreadableWorkers": "\(statistics.unreadableWorkers)", "pipeFull": "\(statistics.pipeFull)",
+            "slowClients": "\(statistics.slowClients)", "suppressedLogLines": "\(statistics.suppressedLogLines)",
+            "fragmentsHeld": "\(statistics.fragmentsHeld)", "services": "\(statistics.services)", "openJobs": "\(statistics.openJobs)",
+            "bytesHeld": "\(statistics.bytesHeld)", "peakBytesHeld": "\(statistics.peakBytesHeld)",
             "workers": "\(statistics.workers)", "clients": "\(statistics.clients)",
         ])
     }

@@ -13,6 +13,9 @@ let crashMarkers = ["Fatal error", "Stack dump", "Current stack trace", "backtra
         ("--default-role", "client, worker or both"), ("--max-jobs", "jobs"), ("--service-timeout", "404"),
         ("--heartbeat-ms", "Heartbeat"), ("--liveness", "dead"), ("--max-deliveries", "504"),
         ("--drain-timeout", "shutdown"), ("--stats-interval", "statistics"), ("--log-level", "debug"), ("--allow-insecure-secret", "group"), ("--help", "help"),
+        ("--max-fragments", "BUSY"), ("--max-ended-jobs", "410"), ("--max-connections-per-key", "DISCONNECT"),
+        ("--work-lease", "requeued and charged"), ("--slow-client-timeout", "unread"), ("--peer-hwm", "ZMQ_SNDHWM"),
+        ("--log-interval", "suppressed"), ("--max-outbox", "slow consumer"),
     ]
 
     @Test(.timeLimit(.minutes(2)))
@@ -125,6 +128,45 @@ enum HelpText {
         if mistake == .worldReadableSecret {
             let secret = try #require(try Certificate.load(path: cert, allowInsecurePermissions: true).secretKey)
             #expect(!result.stderr.contains(secret.z85Text), "the refused secret was printed")
+        }
+    }
+}
+
+@Suite struct SecureBrokerNumberTests {
+    /// Numbers a user might type that must be refused, not trapped on or accepted: NaN,
+    /// infinities, negatives, values past 64 bits, zero where a positive number is needed.
+    static let refused: [(flag: String, value: String)] = [
+        ("--service-timeout", "nan"), ("--service-timeout", "1e300"), ("--service-timeout", "-1"), ("--service-timeout", "inf"),
+        ("--drain-timeout", "-1"), ("--drain-timeout", "nan"), ("--work-lease", "0"), ("--work-lease", "-inf"),
+        ("--work-lease", "1e19"), ("--slow-client-timeout", "nan"), ("--log-interval", "0"), ("--log-interval", "1e300"),
+        ("--max-jobs", "0"), ("--max-jobs", "1e300"), ("--max-jobs", "99999999999999999999"), ("--base-window", "0"),
+        ("--base-window", "100001"), ("--liveness", "0"), ("--max-deliveries", "0"), ("--heartbeat-ms", "99"),
+        ("--heartbeat-ms", "60001"), ("--stats-interval", "0"), ("--max-fragments", "0"), ("--max-ended-jobs", "-1"),
+        ("--max-connections-per-key", "0"), ("--peer-hwm", "0"), ("--byte-budget", "-1M"), ("--byte-budget", "99999999999999G"),
+        ("--max-fragment", "1G"), ("--byte-budget", "512K"), ("--max-outbox", "0"),
+    ]
+
+    @Test(.timeLimit(.minutes(3)))
+    func everyNumericFlagIsRangeChecked() async throws {
+        let harness = try ProcessHarness("broker-numbers")
+        defer { harness.tearDown() }
+        let certs = try TestCertificates(in: harness.directory)
+        for (flag, value) in Self.refused {
+            let result = try await harness.run("secure-broker", [
+                "--endpoint", "tcp://127.0.0.1:*", "--cert", certs.broker.secretPath, "--allowlist", certs.allowlist, "\(flag)=\(value)",
+            ], timeout: .seconds(20))
+            guard case .exited(let status) = result.termination else {
+                Issue.record("\(flag)=\(value): secure-broker \(result.termination)\n\(result.transcript)")
+                continue
+            }
+            #expect(status != 0, "\(flag)=\(value) was accepted\n\(result.transcript)")
+            let error = result.errorLines.first ?? ""
+            #expect(error.contains(flag), "\(flag)=\(value): '\(error)' does not name the flag\n\(result.transcript)")
+            #expect(result.errorLines.count == 1, "\(flag)=\(value): more than one Error line\n\(result.transcript)")
+            for marker in crashMarkers {
+                #expect(!result.stderr.contains(marker), "\(flag)=\(value): stderr shows '\(marker)'\n\(result.transcript)")
+            }
+            #expect(!result.stderr.contains("listening"), "\(flag)=\(value): the broker started anyway")
         }
     }
 }

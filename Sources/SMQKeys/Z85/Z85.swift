@@ -24,17 +24,9 @@ public enum Z85 {
         }
         var out = [UInt8]()
         out.reserveCapacity(bytes.count / 4 * 5)
-        var iterator = bytes.makeIterator()
-        while let b0 = iterator.next(), let b1 = iterator.next(), let b2 = iterator.next(), let b3 = iterator.next() {
-            var value = UInt32(b0) << 24 | UInt32(b1) << 16 | UInt32(b2) << 8 | UInt32(b3)
-            var chunk: (UInt8, UInt8, UInt8, UInt8, UInt8) = (0, 0, 0, 0, 0)
-            chunk.4 = alphabet[Int(value % 85)]; value /= 85
-            chunk.3 = alphabet[Int(value % 85)]; value /= 85
-            chunk.2 = alphabet[Int(value % 85)]; value /= 85
-            chunk.1 = alphabet[Int(value % 85)]; value /= 85
-            chunk.0 = alphabet[Int(value % 85)]
-            out.append(chunk.0); out.append(chunk.1); out.append(chunk.2); out.append(chunk.3); out.append(chunk.4)
-        }
+        // One encoder: the in-place one that secret keys use.
+        let input = Array(bytes)
+        input.withUnsafeBytes { encode($0, appendingTo: &out) }
         return String(decoding: out, as: UTF8.self)
     }
 

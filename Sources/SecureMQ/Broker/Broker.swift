@@ -1,4 +1,6 @@
 public import Logging
+internal import CZeroMQ
+import SMQBroker
 
 /// The SecureMQ broker engine: admits only allowlisted keys, takes each peer's role, weight and
 /// services from its allowlist entry, and dispatches fragments over workers by weight with
@@ -41,14 +43,21 @@ public final class Broker: Sendable {
         context: SecureContext = .shared, logger: Logger = Logger(label: "securemq.broker")
     ) async throws(SecureMQError) -> Broker {
         try configuration.validate()
+        let rules = try configuration.rules()
         let thread = try SocketThread(name: "securemq-broker")
         do {
             let engine = try thread.runAndWait { () throws(SecureMQError) in
                 let server = try CurveServerSocket(
                     context: context, endpoints: configuration.endpoints, keyPair: keyPair, allowlist: allowlist,
                     maxMessageSize: Wire.maxMessageSize(forFragment: configuration.maxFragmentSize),
-                    highWaterMark: 10_000, logger: logger)
-                let engine = BrokerEngine(server: server, context: context, allowlist: allowlist, configuration: configuration, thread: thread, logger: logger)
+                    // A small queue per peer, each way, set before the socket binds (a listener
+                    // copies the options it binds with; setting them later changes nothing for
+                    // peers that connect after). A client that does not read fills its send queue
+                    // soon, and its results then wait in the core's outbox, counted against it
+                    // (C36): with ZMQ_ROUTER_MANDATORY a send to a full pipe fails with EAGAIN.
+                    highWaterMark: Int32(configuration.peerHighWaterMark), logger: logger)
+                let engine = BrokerEngine(server: server, context: context, allowlist: allowlist, configuration: configuration,
+                                          rules: rules, thread: thread, logger: logger)
                 thread.onStop { engine.close() }
                 return engine
             }
@@ -69,7 +78,7 @@ public final class Broker: Sendable {
     public var isDraining: Bool {
         get async {
             let box = UncheckedBox(engine)
-            return (try? await thread.run { () throws(SecureMQError) in box.value.draining }) ?? true
+            return (try? await thread.run { () throws(SecureMQError) in box.value.core.draining }) ?? true
         }
     }
 
@@ -102,11 +111,5 @@ public final class Broker: Sendable {
 }
 
 extension BrokerEngine {
-    func snapshot() -> BrokerStatistics {
-        var copy = statistics
-        copy.bytesHeld = bytesHeld
-        copy.workers = keys.values.filter { key in key.connections.values.contains { $0.isWorker } }.count
-        copy.clients = keys.values.filter { key in key.connections.values.contains { !$0.isWorker } }.count
-        return copy
-    }
+    func snapshot() -> BrokerStatistics { BrokerStatistics(core.snapshot) }
 }

@@ -1,50 +1,34 @@
 internal import CZeroMQ
 import Glibc
-import DequeModule
 import Logging
+import SMQBroker
 import SMQProtocol
 
-/// The broker: one ROUTER socket (CURVE server behind the ZAP handler) and all of SMQ/1's state,
-/// confined to one ``SocketThread``. Messages are handled where they are read, without a hop.
-final class BrokerEngine {
+/// The broker's ZeroMQ adapter: one ROUTER socket (CURVE server behind the ZAP handler) on one
+/// ``SocketThread``. It only moves bytes: receive → parse → ``BrokerCore`` → carry out what the
+/// core decides (``BrokerSink``). Every rule lives in the core (ARCHITECTURE.md, "The broker core").
+final class BrokerEngine: BrokerSink {
     let configuration: BrokerConfiguration
     let server: CurveServerSocket
     let allowlist: Allowlist
     let logger: Logger
     let thread: SocketThread
-    var statistics = BrokerStatistics()
-
-    var keys: [PublicKey: KeyState] = [:]
-    var connections: [RoutingID: Connection] = [:]
-    var services: [String: ServiceState] = [:]
-    var jobs: [JobKey: JobState] = [:]
-    var jobsPerClient: [Int: Int] = [:]
-    /// Ended job ids, for a minute: expiry and the connection that ran them (a SUBMIT for one from
-    /// that connection gets 410; from another connection of the key it starts the job anew: the
-    /// client reconnected and lost results on the way).
-    var endedJobs: [JobKey: (expiry: UInt64, connection: RoutingID)] = [:]
-    var deliveries: [UInt64: FragmentState] = [:]
-    var bytesHeld = 0
-    var draining = false
-    /// Workers suspended because only suspects are queued and they hold one already.
-    var parkedForSuspects: [(ServiceState, Int)] = []
-    var lastEndedPrune: UInt64 = 0
+    private(set) var core: BrokerCore!
     var drainWaiters: [CheckedContinuation<Void, Never>] = []
 
-    private var nextKeySerial = 1
-    private var nextDelivery: UInt64 = 1
-    private var registration: SocketThread.Registration?
     private var lastAllowlistCheck: UInt64 = 0
     private var allowlistGeneration: UInt64 = 0
-    /// Reused for every routing-id frame; bodies get a message of their own (they may be kept).
+    private var registration: SocketThread.Registration?
+    /// Reused for every routing-id frame; bodies get a message of their own (the core may keep them).
     private let routingFrame = ZMQMessage()
     private var spareBody: ZMQMessage?
     private let sendScratch = ZMQMessage()
     private var monitor: SocketMonitor?
+    private let heartbeat = ControlMessage.heartbeat.encoded()
     let limits: ProtocolLimits
 
     init(server: CurveServerSocket, context: SecureContext, allowlist: Allowlist, configuration: BrokerConfiguration,
-         thread: SocketThread, logger: Logger) {
+         rules: BrokerRules, thread: SocketThread, logger: Logger) {
         self.server = server
         self.allowlist = allowlist
         self.configuration = configuration
@@ -52,6 +36,7 @@ final class BrokerEngine {
         self.logger = logger
         limits = ProtocolLimits(maxFragment: configuration.maxFragmentSize)
         allowlistGeneration = allowlist.generation
+        core = BrokerCore(rules: rules, sink: self, logger: logger, lookup: { [allowlist] in allowlist.entry(for: $0) })
         registration = thread.register(server.socket, onReadable: { [unowned self] in self.readAll() })
         thread.schedule(after: .milliseconds(100), every: .milliseconds(100)) { [unowned self] in self.tick() }
         // libzmq 4.3.4 (no DRAFT API) has no per-peer disconnect notice on a ROUTER. Its monitor
@@ -66,45 +51,31 @@ final class BrokerEngine {
         }
     }
 
+    static var now: UInt64 { SocketThread.now() }
+
     /// Sends HEARTBEAT to every connection; one whose pipe is gone fails with EHOSTUNREACH and
-    /// is removed at once: a killed worker's fragments are requeued without waiting for its
-    /// heartbeats to stop, a vanished client's work is dropped.
+    /// the core hears that it is gone.
     func probePeers() {
-        let heartbeat = Wire.heartbeat()
-        for connection in Array(connections.values) {
-            do throws(SecureMQError) {
-                let sent = try server.socket.send(connection.address, more: true)
-                if sent { _ = try server.socket.send(heartbeat) }
-            } catch {
-                guard error.errno == EHOSTUNREACH else {
-                    logger.error("probe failed", metadata: ["error": "\(error)"])
-                    continue
-                }
-                statistics.droppedConnections += 1
-                logger.warning("peer connection dropped", metadata: [
-                    "key": "\(connection.key.fingerprint)", "name": "\(connection.key.name)",
-                    "role": "\(connection.isWorker ? "worker" : "client")", "inFlight": "\(connection.inFlight)",
-                ])
-                remove(connection, reason: "dropped its connection")
-            }
+        let now = Self.now
+        for connection in core.allConnections {
+            if send(heartbeat, to: connection.address) == .gone { core.connectionGone(connection, now: now) }
         }
     }
-
-    static var now: UInt64 { SocketThread.now() }
 
     // MARK: receiving
 
     /// Reads what is queued, a bounded batch per wake-up so timers still run under load.
     private func readAll() {
+        defer { scheduleFlush() }
         for _ in 0..<4096 {
-            // A body message is kept with its fragment, so each needs its own; make one only
-            // when a message has actually arrived.
             do {
                 guard try server.socket.receive(into: routingFrame) else { return }
             } catch {
                 logger.error("receive failed", metadata: ["error": "\(error)"])
                 return
             }
+            // A body message may be kept by the core, so each needs its own; made only when a
+            // message has actually arrived.
             var body = spareBody ?? ZMQMessage()
             spareBody = nil
             do {
@@ -113,213 +84,127 @@ final class BrokerEngine {
                 logger.error("receive failed", metadata: ["error": "\(error)"])
                 return
             }
+            let now = Self.now
             if body.hasMore {
                 // SMQ/1 messages are one frame: read the rest and drop it all.
                 let rest = ZMQMessage()
                 var parts = 2
                 while (try? server.socket.receive(into: rest)) == true && rest.hasMore { parts += 1 }
-                guard let connection = admit(routingFrame, body) else { continue }
-                reject(connection, "a message of \(parts) frames (SMQ/1 messages are one frame)")
+                if let connection = connection(routingFrame, body, now: now) {
+                    core.receiveMultipart(parts: parts, from: connection, now: now)
+                }
                 continue
             }
-            guard let connection = admit(routingFrame, body) else {
+            guard let connection = connection(routingFrame, body, now: now) else {
                 spareBody = body
                 continue
             }
-            handle(body, from: connection)
-            // A body nobody kept (a control message, a result sent on) takes the next message:
-            // zmq_msg_recv releases what it held.
+            do throws(ProtocolError) {
+                let message = try Message.parse(body.bytes, limits: limits)
+                core.receive(message, body: body, from: connection, now: now)
+            } catch {
+                core.receiveMalformed(error, from: connection, now: now)
+            }
+            // A body nobody kept (a control message, a result sent on) takes the next message.
             if isKnownUniquelyReferenced(&body) { spareBody = body }
         }
     }
 
-    /// Finds or creates the connection a message came on, checking `User-Id` against the
-    /// current allowlist on every message (revocation works on live peers).
-    private func admit(_ routing: ZMQMessage, _ body: ZMQMessage) -> Connection? {
+    /// The connection a message came on. `User-Id` is compared with the connection's key on
+    /// every message (a `strcmp`, no allocation); a mismatch ends the registration (C34).
+    private func connection(_ routing: ZMQMessage, _ body: ZMQMessage, now: UInt64) -> PeerConnection? {
         let id = RoutingID(routing.bytes)
-        let now = Self.now
-        if let connection = connections[id] {
+        if let connection = core.connection(for: id) {
+            if core.isRevoked(connection) { return connection }  // the core drops it, quietly
             let same = body.withProperty("User-Id") { value -> Bool in
                 guard let value else { return false }
                 return connection.key.userID.withUnsafeBufferPointer { strcmp($0.baseAddress!, value) == 0 }
             }
-            guard same, !connection.key.revoked else {
-                dropFromRevoked(connection.key)
+            guard same else {
+                core.userIDMismatch(connection, now: now)
                 return nil
             }
-            connection.lastSeen = now
             return connection
         }
-        guard let userID = body.property("User-Id"), let publicKey = try? PublicKey(z85: userID) else {
-            logger.error("dropped a message without a ZAP User-Id")
-            return nil
-        }
-        guard let entry = allowlist.entry(for: publicKey) else {
-            // Admitted by ZAP but revoked since: drop, tell it once.
-            let key = keys[publicKey]
-            if let key { dropFromRevoked(key) } else {
-                statistics.revokedMessages += 1
-                sendDisconnect(to: Array(routing.bytes), reason: "key revoked")
+        return core.admit(id: id, address: Array(routing.bytes), userID: body.property("User-Id"), now: now)
+    }
+
+    // MARK: BrokerSink
+
+    func forward(_ body: AnyObject, as command: Command, tag: UInt64, keep: Bool, to address: [UInt8]) -> SendOutcome {
+        let message = unsafeDowncast(body, to: ZMQMessage.self)
+        Fragment.rewriteCommandAndTag(in: message.mutableBytes, command: command, tag: tag)
+        do throws(SecureMQError) {
+            guard try sendAddress(address) else { return .full }
+            if keep {
+                // A reference, not a copy: zmq_msg_copy shares the buffer; the original stays for requeue.
+                zmq_msg_copy(sendScratch.pointer, message.pointer)
+                return try server.socket.send(sendScratch) ? .sent : .full
             }
-            return nil
-        }
-        let key: KeyState
-        if let known = keys[publicKey], !known.revoked {
-            key = known
-        } else {
-            key = KeyState(serial: nextKeySerial, entry: entry, role: entry.role ?? configuration.defaultRole)
-            nextKeySerial += 1
-            keys[publicKey] = key
-        }
-        let connection = Connection(id: id, address: Array(routing.bytes), key: key, now: now)
-        connections[id] = connection
-        key.connections[id] = connection
-        logger.info("peer joined", metadata: [
-            "key": "\(key.fingerprint)", "name": "\(key.name)", "role": "\(key.role)", "weight": "\(key.entry.weight)",
-        ])
-        return connection
-    }
-
-    private func handle(_ body: ZMQMessage, from connection: Connection) {
-        let message: Message
-        do throws(ProtocolError) {
-            message = try Message.parse(body.bytes, limits: limits)
+            return try server.socket.send(message) ? .sent : .full
         } catch {
-            guard let code = error.failureCode, let jobID = error.jobID, let index = error.index else {
-                reject(connection, error.description)
-                return
-            }
-            statistics.malformed += 1
-            logger.warning("bad fragment", metadata: ["key": "\(connection.key.fingerprint)", "reason": "\(error)"])
-            if error.command == .submit, connection.key.role.allows(.client), !connection.isWorker {
-                failJob(client: connection, jobID: jobID, index: index, code: code, reason: error.description)
-            } else if error.command == .done, connection.isWorker {
-                workerSentBadResult(connection, tag: error.tag, code: code, reason: error.description)
-            }
-            return
-        }
-        switch message {
-        case .submit(let fragment):
-            guard allow(connection, .client, .submit) else { return }
-            submit(fragment, body, from: connection)
-        case .done(let fragment):
-            guard allow(connection, .worker, .done) else { return }
-            done(fragment, body, from: connection)
-        case .cancel(let jobID):
-            guard allow(connection, .client, .cancel) else { return }
-            cancel(jobID, from: connection)
-        case .ping:
-            guard allow(connection, .client, .ping) else { return }
-            send(Wire.pong(), to: connection)
-        case .heartbeat:
-            break // lastSeen is already updated: any message counts
-        case .ready(let credit, let heartbeatMs, let service):
-            guard allow(connection, .worker, .ready) else { return }
-            ready(connection, credit: credit, heartbeatMs: heartbeatMs, service: service.description)
-        case .reject(let delivery, let code, let retryable, let reason):
-            guard allow(connection, .worker, .reject) else { return }
-            workerRejected(connection, delivery: delivery, code: code, retryable: retryable, reason: reason.string)
-        case .credit(let credit):
-            guard allow(connection, .worker, .credit) else { return }
-            raiseCredit(connection, to: credit)
-        case .disconnect(let reason):
-            logger.info("peer left", metadata: ["key": "\(connection.key.fingerprint)", "name": "\(connection.key.name)", "reason": "\(reason.string)"])
-            remove(connection, reason: "disconnected")
-        case .pong, .result, .failed, .busy, .work:
-            // Commands a broker sends, never receives (§3.2): the sender is confused or hostile.
-            statistics.roleViolations += 1
-            logger.warning("role violation", metadata: ["key": "\(connection.key.fingerprint)", "command": "\(message.command)"])
-            sendDisconnect(to: connection.address, reason: "\(message.command) is sent by a broker, not to it")
-            remove(connection, reason: "role violation")
+            return outcome(of: error)
         }
     }
 
-    /// Role check (§3.2): a command the key's role does not allow gets DISCONNECT.
-    private func allow(_ connection: Connection, _ role: PeerRole, _ command: Command) -> Bool {
-        guard connection.key.role.allows(role) else {
-            statistics.roleViolations += 1
-            logger.warning("role violation", metadata: [
-                "key": "\(connection.key.fingerprint)", "name": "\(connection.key.name)",
-                "role": "\(connection.key.role)", "command": "\(command)",
-            ])
-            sendDisconnect(to: connection.address, reason: "key \(connection.key.fingerprint) is a \(connection.key.role) and may not send \(command)")
-            remove(connection, reason: "role violation")
-            return false
-        }
-        // A key with role both uses one connection per role.
-        if role == .client, connection.isWorker {
-            sendDisconnect(to: connection.address, reason: "a worker connection may not send \(command)")
-            remove(connection, reason: "role violation")
-            return false
-        }
-        return true
-    }
-
-    /// An unreadable message: dropped, one log line, counted (§2.3).
-    func reject(_ connection: Connection, _ reason: String) {
-        statistics.malformed += 1
-        logger.warning("dropped malformed message", metadata: ["key": "\(connection.key.fingerprint)", "reason": "\(reason)"])
-    }
-
-    // MARK: sending
-
-    @discardableResult
-    func send(_ bytes: [UInt8], to connection: Connection) -> Bool {
-        send(bytes, toAddress: connection.address)
-    }
-
-    @discardableResult
-    func send(_ bytes: [UInt8], toAddress address: [UInt8]) -> Bool {
-        do {
-            guard try server.socket.send(address, more: true) else { return false }
-            return try server.socket.send(bytes)
+    func send(_ bytes: [UInt8], to address: [UInt8]) -> SendOutcome {
+        do throws(SecureMQError) {
+            guard try sendAddress(address) else { return .full }
+            return try server.socket.send(bytes) ? .sent : .full
         } catch {
-            return false
+            return outcome(of: error)
         }
     }
 
-    /// Sends a kept message without copying its body: a zmq_msg_copy shares the buffer.
-    func send(message: ZMQMessage, to connection: Connection) -> Bool {
-        // One reused message: zmq_msg_copy releases what it held, a successful send empties it.
-        let outgoing = sendScratch
-        zmq_msg_copy(outgoing.pointer, message.pointer)
-        do {
-            guard try server.socket.send(connection.address, more: true) else { return false }
-            return try server.socket.send(outgoing)
-        } catch {
-            return false
+    /// The routing-id frame, which is where ZMQ_ROUTER_MANDATORY reports a full pipe. libzmq
+    /// learns that the I/O thread has drained a pipe only when the socket processes its commands,
+    /// which a send does at most about once a millisecond: in a burst a pipe looks full long
+    /// after it emptied. So a full pipe is believed only after a `ZMQ_EVENTS` query has processed
+    /// the pending commands and one more try failed. (The retry touches the socket again, so the
+    /// thread's loop still asks `ZMQ_EVENTS` before it sleeps.)
+    private func sendAddress(_ address: [UInt8]) throws(SecureMQError) -> Bool {
+        if try server.socket.send(address, more: true) { return true }
+        _ = server.socket.hasMessage
+        return try server.socket.send(address, more: true)
+    }
+
+    private func outcome(of error: SecureMQError) -> SendOutcome {
+        if error.errno == EAGAIN { return .full }
+        if error.errno != EHOSTUNREACH { logger.error("send failed", metadata: ["error": "\(error)"]) }
+        return .gone
+    }
+
+    func drained() {
+        let waiters = drainWaiters
+        drainWaiters.removeAll()
+        for waiter in waiters { waiter.resume() }
+    }
+
+    // MARK: timers and lifecycle
+
+    private var flushScheduled = false
+    private var flushDelay: Duration = .milliseconds(1)
+
+    /// While results wait in outboxes (or a worker's pipe was full), try again soon: 1 ms after a flush that moved
+    /// something, backing off to 64 ms while nothing moves (a client that does not read costs
+    /// one failed send per backoff step, not a busy loop).
+    private func scheduleFlush() {
+        guard core.hasFullPipes, !flushScheduled else { return }
+        flushScheduled = true
+        thread.schedule(after: flushDelay) { [weak self] in
+            guard let self else { return }
+            self.flushScheduled = false
+            let moved = self.core.retryFullPipes(now: Self.now)
+            self.flushDelay = moved ? .milliseconds(1) : min(self.flushDelay * 2, .milliseconds(64))
+            self.scheduleFlush()
         }
     }
 
-    func sendDisconnect(to address: [UInt8], reason: String) {
-        send(Wire.disconnect(reason: reason), toAddress: address)
+    private func tick() {
+        checkAllowlist()
+        core.tick(now: Self.now)
+        scheduleFlush()
     }
-
-    // MARK: lifecycle
-
-    func close() {
-        monitor?.stop()
-        monitor = nil
-        for connection in connections.values {
-            sendDisconnect(to: connection.address, reason: "broker shutting down")
-        }
-        server.close(linger: .milliseconds(500))
-    }
-
-    func nextDeliveryID() -> UInt64 {
-        // Never 0, never reused while in flight (a 64-bit counter does not wrap in practice).
-        defer { nextDelivery &+= 1; if nextDelivery == 0 { nextDelivery = 1 } }
-        return nextDelivery
-    }
-
-    func serviceState(_ name: String) -> ServiceState {
-        if let existing = services[name] { return existing }
-        let created = ServiceState(name: name, strategy: configuration.strategy)
-        services[name] = created
-        return created
-    }
-
-    // MARK: allowlist
 
     func checkAllowlist(force: Bool = false) {
         let now = Self.now
@@ -328,38 +213,17 @@ final class BrokerEngine {
         if !force { _ = allowlist.reloadIfChanged() }
         guard allowlist.generation != allowlistGeneration || force else { return }
         allowlistGeneration = allowlist.generation
-        for key in Array(keys.values) {
-            guard let entry = allowlist.entry(for: key.publicKey) else {
-                revoke(key)
-                continue
-            }
-            if entry != key.entry {
-                let oldWeight = key.entry.weight
-                key.entry = entry
-                key.role = entry.role ?? configuration.defaultRole
-                if entry.weight != oldWeight { weightChanged(key) }
-            }
-        }
+        core.allowlistChanged(now: now)
     }
 
-    /// A key left the allowlist: stop dispatching to it, requeue its work, end its jobs, tell it.
-    func revoke(_ key: KeyState) {
-        guard !key.revoked else { return }
-        key.revoked = true
-        statistics.revocations += 1
-        logger.warning("key revoked", metadata: ["key": "\(key.fingerprint)", "name": "\(key.name)", "connections": "\(key.connections.count)"])
-        for connection in Array(key.connections.values) {
-            sendDisconnect(to: connection.address, reason: "key revoked")
-            remove(connection, reason: "revoked")
-        }
+    func startDrain() {
+        core.startDrain(now: Self.now)
     }
 
-    private func dropFromRevoked(_ key: KeyState) {
-        statistics.revokedMessages += 1
-        let now = Self.now
-        if now &- key.lastRevocationLog >= 60_000_000_000 {
-            key.lastRevocationLog = now
-            logger.warning("dropping messages from a revoked key", metadata: ["key": "\(key.fingerprint)", "name": "\(key.name)"])
-        }
+    func close() {
+        monitor?.stop()
+        monitor = nil
+        core.disconnectAll(reason: "broker shutting down")
+        server.close(linger: .milliseconds(500))
     }
 }

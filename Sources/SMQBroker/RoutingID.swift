@@ -1,12 +1,13 @@
 /// A ROUTER routing id as a hashable value without a heap allocation for libzmq's own ids
 /// (5 bytes: a zero and a 32-bit counter). Ids a peer chose itself (up to 255 bytes) fall back
 /// to an array.
-struct RoutingID: Hashable, CustomStringConvertible {
+public struct RoutingID: Hashable, Sendable, CustomStringConvertible {
     private let packed: UInt64
     private let length: UInt8
     private let long: [UInt8]?
 
-    init(_ bytes: UnsafeRawBufferPointer) {
+    /// - Parameter bytes: The routing-id frame.
+    public init(_ bytes: UnsafeRawBufferPointer) {
         if bytes.count <= 8 {
             var value: UInt64 = 0
             for byte in bytes { value = value << 8 | UInt64(byte) }
@@ -20,11 +21,16 @@ struct RoutingID: Hashable, CustomStringConvertible {
         }
     }
 
+    /// - Parameter bytes: The routing id's bytes.
+    public init(_ bytes: [UInt8]) {
+        self = bytes.withUnsafeBytes { RoutingID($0) }
+    }
+
     /// The id's bytes, to address the peer.
-    var bytes: [UInt8] {
+    public var bytes: [UInt8] {
         if let long { return long }
         return (0..<Int(length)).map { UInt8(truncatingIfNeeded: packed >> (8 * UInt64(Int(length) - 1 - $0))) }
     }
 
-    var description: String { bytes.map { String($0, radix: 16) }.joined() }
+    public var description: String { bytes.map { String($0, radix: 16) }.joined() }
 }
