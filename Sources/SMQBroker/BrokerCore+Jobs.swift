@@ -78,6 +78,8 @@ extension BrokerCore {
         hold(cost: cost, for: client.key)
         counters.submitted += 1
         let state = HeldFragment(job: job, index: header.index, body: body, cost: cost, now: now)
+        // SUBMIT's tag is the time left in ms (C45); at most 2^32 − 1, so no overflow.
+        if fragment.tag != 0 { state.deadline = now &+ min(fragment.tag, UInt64(UInt32.max)) &* 1_000_000 }
         job.live[header.index] = state
         job.service.enqueue(state, now: now)
         dispatch(job.service)
@@ -330,6 +332,17 @@ extension BrokerCore {
 
     // MARK: mmi
 
+    /// Service names joined by commas, as many as fit in `limit` bytes (and 64 KiB), sorted.
+    static func serviceList(_ names: [String], limit: Int) -> String {
+        var text = ""
+        for name in names.sorted() {
+            let needed = text.utf8.count + (text.isEmpty ? 0 : 1) + name.utf8.count
+            guard needed <= min(limit, 64 << 10) else { break }
+            text += text.isEmpty ? name : "," + name
+        }
+        return text
+    }
+
     /// `mmi.service` (RFC 8) as a one-fragment job: a RESULT whose body is the status code;
     /// `mmi.workers` (C23) answers the number of worker keys serving the service named in the body.
     private func answerMMI(_ fragment: FragmentView, service serviceName: String, to client: PeerConnection) {
@@ -344,6 +357,14 @@ extension BrokerCore {
             code = (services[name]?.workers.isEmpty == false) ? "200" : "404"
         } else if serviceName == "mmi.workers" {
             code = "\(services[name]?.workers.count ?? 0)"
+        } else if serviceName == "mmi.services" {
+            // C46: the services with a worker now, sorted, comma-separated, cut to what one
+            // result may carry (a client names them when its job failed 404).
+            code = Self.serviceList(services.values.filter { !$0.workers.isEmpty }.map(\.name), limit: limits.maxFragment)
+        } else if serviceName == "mmi.limits" {
+            // C47: what a client must know before it sends (a fragment over max-fragment makes
+            // libzmq drop the connection, so the client could not even be told 413).
+            code = "max-fragment=\(limits.maxFragment)"
         }
         let body = Array(code.utf8)
         let result = FragmentHeader(jobID: header.jobID, index: 0, count: 1, offset: 0, totalLength: 0,

@@ -64,6 +64,13 @@ extension BrokerCore {
                     service.passOver(slot)
                     continue
                 }
+                if fragment.deadline != 0, now >= fragment.deadline {
+                    // C45: a fragment whose deadline passed is dropped instead of dispatched.
+                    counters.deadlineExceeded += 1
+                    failJob(fragment.job, index: fragment.index, code: .deadlineExceeded,
+                            reason: "the job's deadline passed before fragment \(fragment.index) was dispatched (queued \((now &- fragment.enqueuedAt) / 1_000_000) ms)")
+                    continue
+                }
                 if !deliver(fragment, to: connection, service: service) { gone.append(connection) }
             }
             service.endPass()
@@ -87,6 +94,12 @@ extension BrokerCore {
         let delivery = nextDeliveryID()
         var outcome = SendOutcome.full
         if state.pending.isEmpty {
+            if fragment.deadline != 0 {
+                // C45: the worker learns the time left just before the WORK (advisory: a WORK
+                // that waits for a full pipe goes without it).
+                let left = UInt32(clamping: (fragment.deadline &- min(now, fragment.deadline)) / 1_000_000)
+                _ = sink.send(ControlMessage.deadline(deliveryID: delivery, timeLeftMilliseconds: max(1, left)).encoded(), to: connection.address)
+            }
             outcome = sink.forward(body, as: .work, tag: delivery, keep: true, to: connection.address)
         }
         fragment.deliveryID = delivery

@@ -116,7 +116,7 @@ public final class BrokerCore {
             log.note(.peerLeft, key: connection.key.logID, level: .info, "peer left", now: now,
                      ["key": "\(connection.key.fingerprint)", "name": "\(connection.key.name)", "reason": "\(reason.string)"])
             remove(connection, reason: "disconnected", charge: true)
-        case .pong, .result, .failed, .busy, .work:
+        case .pong, .result, .failed, .busy, .work, .deadline:
             counters.roleViolations += 1
             log.note(.roleViolation, key: connection.key.logID, level: .warning, "role violation", now: now,
                      ["key": "\(connection.key.fingerprint)", "command": "\(message.command)"])

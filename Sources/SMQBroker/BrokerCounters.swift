@@ -29,6 +29,8 @@ public struct BrokerCounters: Sendable, Hashable {
     public var pipeFull = 0
     /// Clients dropped because their outbox did not move for the slow-client timeout.
     public var slowClients = 0
+    /// Fragments dropped at dispatch because their job's deadline had passed (C45).
+    public var deadlineExceeded = 0
     /// Log lines left out by the rate limiter.
     public var suppressedLogLines = 0
     /// Budget units held now (queued, in flight and in outboxes).

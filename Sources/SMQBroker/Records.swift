@@ -183,6 +183,8 @@ final class HeldFragment {
     var attempts = 0
     var suspect = false
     var enqueuedAt: UInt64
+    /// When the client's deadline passes (C45: `now` + SUBMIT's tag in ms), 0 for none.
+    var deadline: UInt64 = 0
     var deliveryID: UInt64 = 0
     var worker: PeerConnection?
     var sentAt: UInt64 = 0

@@ -71,9 +71,16 @@ struct SubmitCommand: AsyncParsableCommand {
         Cleanup.onInterrupt { progress.interrupted(output: sink) }
 
         let started = ContinuousClock.now
+        var connected: Client?
         do {
             let client = try await Client.connect(to: peer.broker, brokerKey: brokerKey, keyPair: keyPair,
                                                   options: options, logger: logger)
+            connected = client
+            // A typo in the service name would otherwise wait the broker's whole service
+            // timeout before a bare 404: say at once what the broker knows (C46).
+            if let known = try? await client.services(), !known.contains(service) {
+                FileHandle.standardError.write(Data("warning: no worker serves '\(PeerText.escaped(service))' now (known: \(known.isEmpty ? "none" : known.joined(separator: ", "))); waiting up to the broker's service timeout for one\n".utf8))
+            }
             let job = try await client.submit(.file(path), to: service, deadline: deadline.map(OptionCheck.duration(seconds:)))
             progress.start(fragments: job.fragmentCount, bytes: job.payloadLength)
             for try await result in job {
@@ -107,7 +114,11 @@ struct SubmitCommand: AsyncParsableCommand {
             progress.finish()
             var message = describe(error)
             if let error = error as? SecureMQError, error.status == 404 {
-                message += " (check the service name, or start a worker for it)"
+                if let known = try? await connected?.services() {
+                    message += " (known: \(known.isEmpty ? "none" : known.joined(separator: ", ")))"
+                } else {
+                    message += " (check the service name, or start a worker for it)"
+                }
             }
             if let sink { message += "; " + sink.abandon() }
             fail(message)

@@ -74,6 +74,15 @@ struct WorkerCommand: AsyncParsableCommand {
                 // A slow machine: handlers sleep concurrently, up to the credit.
                 try await worker.run { item in
                     if item.body.withUnsafeBytes({ crashes(item.header, $0) }) { Glibc.exit(70) }
+                    // A handler that gives up at the client's deadline (C45): its result would
+                    // come after the client stopped waiting.
+                    if let left = item.timeLeft, left < .milliseconds(delay) {
+                        let ms = left.components.seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000
+                        print("fragment \(item.index) of job \(item.jobID): \(ms) ms left before its deadline, less than the \(delay) ms it takes; giving up at the deadline")
+                        flushStandardOutput()
+                        try await Task.sleep(for: left)
+                        throw WorkRejection(code: 408, reason: "the deadline passed before the work was done (\(ms) ms left when it arrived)")
+                    }
                     try await Task.sleep(for: .milliseconds(delay))
                     return builtin.handle(item.body)
                 }

@@ -76,7 +76,8 @@ enum Gens {
     }
 
     static let control = Generator<ControlMessage, Shrink.None<ControlMessage>> { rng in
-        switch Int.random(in: 0...9, using: &rng) {
+        switch Int.random(in: 0...10, using: &rng) {
+        case 10: return .deadline(deliveryID: rng.next(), timeLeftMilliseconds: rng.next())
         case 0: return .cancel(jobID: rng.jobID())
         case 1: return .ping
         case 2: return .pong

@@ -376,6 +376,7 @@ func sampleControl(_ command: Command) -> ControlMessage {
     case .heartbeat: .heartbeat
     case .disconnect: .disconnect(reason: "")
     case .credit: .credit(16)
+    case .deadline: .deadline(deliveryID: 9, timeLeftMilliseconds: 2000)
     default: fatalError("not a control command: \(command)")
     }
 }

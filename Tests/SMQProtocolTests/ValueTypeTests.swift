@@ -8,7 +8,7 @@ struct ValueTypeTests {
             (.submit, 0x01, "SUBMIT"), (.cancel, 0x02, "CANCEL"), (.ping, 0x03, "PING"), (.pong, 0x04, "PONG"),
             (.result, 0x11, "RESULT"), (.failed, 0x12, "FAILED"), (.busy, 0x13, "BUSY"), (.ready, 0x21, "READY"),
             (.work, 0x22, "WORK"), (.done, 0x23, "DONE"), (.reject, 0x24, "REJECT"), (.heartbeat, 0x25, "HEARTBEAT"),
-            (.disconnect, 0x26, "DISCONNECT"), (.credit, 0x27, "CREDIT"),
+            (.disconnect, 0x26, "DISCONNECT"), (.credit, 0x27, "CREDIT"), (.deadline, 0x28, "DEADLINE"),
         ]
         #expect(expected.map(\.0) == Command.allKnown)
         for (command, raw, name) in expected {
@@ -32,7 +32,7 @@ struct ValueTypeTests {
             Command.allKnown.filter { $0.senders.contains(.worker) } == [.ready, .done, .reject, .heartbeat, .disconnect, .credit])
         #expect(
             Command.allKnown.filter { $0.senders.contains(.broker) }
-                == [.pong, .result, .failed, .busy, .work, .heartbeat, .disconnect])
+                == [.pong, .result, .failed, .busy, .work, .heartbeat, .disconnect, .deadline])
     }
 
     @Test func failureCodes() {

@@ -42,11 +42,13 @@ public struct Command: RawRepresentable, Hashable, Sendable, CustomStringConvert
     public static let disconnect = Command(rawValue: 0x26)
     /// A worker raises its credit.
     public static let credit = Command(rawValue: 0x27)
+    /// The time left to the deadline of the delivery whose WORK follows, broker to worker (C45).
+    public static let deadline = Command(rawValue: 0x28)
 
     /// Every command SMQ/1 defines.
     public static let allKnown: [Command] = [
         .submit, .cancel, .ping, .pong, .result, .failed, .busy,
-        .ready, .work, .done, .reject, .heartbeat, .disconnect, .credit,
+        .ready, .work, .done, .reject, .heartbeat, .disconnect, .credit, .deadline,
     ]
 
     /// The protocol's name for the command (`"SUBMIT"`), or nil when SMQ/1 does not define it.
@@ -66,6 +68,7 @@ public struct Command: RawRepresentable, Hashable, Sendable, CustomStringConvert
         case .heartbeat: "HEARTBEAT"
         case .disconnect: "DISCONNECT"
         case .credit: "CREDIT"
+        case .deadline: "DEADLINE"
         default: nil
         }
     }
@@ -110,7 +113,7 @@ public struct Command: RawRepresentable, Hashable, Sendable, CustomStringConvert
     public var senders: Senders {
         switch self {
         case .submit, .cancel, .ping: .client
-        case .pong, .result, .failed, .busy, .work: .broker
+        case .pong, .result, .failed, .busy, .work, .deadline: .broker
         case .ready, .done, .reject, .credit: .worker
         case .heartbeat: [.worker, .broker]
         case .disconnect: [.client, .worker, .broker]

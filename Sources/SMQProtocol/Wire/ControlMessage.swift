@@ -26,6 +26,8 @@ public enum ControlMessage: Hashable, Sendable {
     case disconnect(reason: String)
     /// CREDIT: a worker raises its credit.
     case credit(UInt32)
+    /// DEADLINE (C45): the time left for the delivery whose WORK follows.
+    case deadline(deliveryID: UInt64, timeLeftMilliseconds: UInt32)
 
     /// The message's command.
     public var command: Command {
@@ -40,6 +42,7 @@ public enum ControlMessage: Hashable, Sendable {
         case .heartbeat: .heartbeat
         case .disconnect: .disconnect
         case .credit: .credit
+        case .deadline: .deadline
         }
     }
 
@@ -54,6 +57,7 @@ public enum ControlMessage: Hashable, Sendable {
         case .reject(_, _, _, let reason): 16 + Reason.encodedByteCount(of: reason)
         case .disconnect(let reason): 5 + Reason.encodedByteCount(of: reason)
         case .credit: 9
+        case .deadline: 17
         }
     }
 
@@ -93,6 +97,9 @@ public enum ControlMessage: Hashable, Sendable {
             _ = Reason.write(reason, to: buffer, at: 5)
         case .credit(let credit):
             buffer.storeBigEndian(credit, at: 5)
+        case .deadline(let deliveryID, let timeLeft):
+            buffer.storeBigEndian(deliveryID, at: 5)
+            buffer.storeBigEndian(timeLeft, at: 13)
         }
         return size
     }
@@ -128,6 +135,7 @@ public enum ControlMessage: Hashable, Sendable {
         case .heartbeat: self = .heartbeat
         case .disconnect(let reason): self = .disconnect(reason: reason.string)
         case .credit(let credit): self = .credit(credit)
+        case .deadline(let deliveryID, let timeLeft): self = .deadline(deliveryID: deliveryID, timeLeftMilliseconds: timeLeft)
         }
     }
 }

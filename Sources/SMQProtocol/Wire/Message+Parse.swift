@@ -83,6 +83,9 @@ extension Message {
         case .credit:
             try requireSize(bytes, exactly: 9, command: command)
             return .credit(bytes.loadBigEndian(at: 5))
+        case .deadline:
+            try requireSize(bytes, exactly: 17, command: command)
+            return .deadline(deliveryID: bytes.loadBigEndian(at: 5), timeLeftMilliseconds: bytes.loadBigEndian(at: 13))
         default:
             throw ProtocolError(.unknownCommand, command: command, value: UInt64(command.rawValue))
         }

@@ -32,6 +32,9 @@ public enum Message {
     case disconnect(reason: ReasonView)
     /// A worker raises its credit.
     case credit(UInt32)
+    /// DEADLINE (C45): the delivery whose WORK follows must be done within this many
+    /// milliseconds (measured when the broker sent it).
+    case deadline(deliveryID: UInt64, timeLeftMilliseconds: UInt32)
 
     /// The `index` of a FAILED that fails the whole job rather than one fragment.
     public static let wholeJobIndex: UInt32 = 0xFFFF_FFFF
@@ -56,6 +59,7 @@ public enum Message {
         case .heartbeat: .heartbeat
         case .disconnect: .disconnect
         case .credit: .credit
+        case .deadline: .deadline
         }
     }
 

@@ -93,7 +93,40 @@ public final class Client: Sendable {
                                                keyPair: keyPair, options: connectionOptions, logger: logger)
             return ClientEngine(socket: socket, thread: thread, options: options, logger: logger)
         }
-        return Client(thread: thread, engine: engine, options: options)
+        let client = Client(thread: thread, engine: engine, options: options)
+        await client.learnLimits()
+        return client
+    }
+
+    /// Asks the broker its limits (`mmi.limits`, PROTOCOL.md C47), so a fragment it would
+    /// refuse fails at once with 413 instead of being sent. A broker that does not answer it
+    /// (an older one says 501) leaves them unknown: nothing is checked before sending then.
+    private func learnLimits() async {
+        guard let reply = try? await request([], service: "mmi.limits", timeout: options.connection.connectTimeout ?? .seconds(10)) else { return }
+        let text = String(decoding: reply, as: UTF8.self)
+        guard text.hasPrefix("max-fragment="), let value = Int(text.dropFirst("max-fragment=".count)), value > 0 else { return }
+        let box = UncheckedBox(engine)
+        _ = try? await thread.run { () throws(SecureMQError) in box.value.brokerMaxFragment = value }
+    }
+
+    /// The largest fragment the broker accepts, as it said when the client connected, or nil
+    /// when it did not say (an older broker).
+    public var brokerMaxFragmentSize: Int? {
+        get async {
+            let box = UncheckedBox(engine)
+            return (try? await thread.run { () throws(SecureMQError) in box.value.brokerMaxFragment }) ?? nil
+        }
+    }
+
+    /// The services that have a worker at the broker now (`mmi.services`, PROTOCOL.md C46),
+    /// sorted: what to suggest when a service name gets `404`.
+    /// - Throws: ``SecureMQError`` `.jobFailed` with status 501 from a broker that does not
+    ///   answer it.
+    public func services() async throws(SecureMQError) -> [String] {
+        let reply = try await request([], service: "mmi.services", timeout: .seconds(10))
+        let text = String(decoding: reply, as: UTF8.self)
+        if text == "501" { throw SecureMQError(.jobFailed, "the broker does not answer mmi.services (an older broker)", status: 501) }
+        return text.split(separator: ",").map { PeerText.escaped(String($0)) }
     }
 
     /// Starts a job: the payload is split into fragments and sent as the window allows.

@@ -89,6 +89,8 @@ final class ClientEngine: ConnectingEngine {
     /// Reconnections that resent fragments with no RESULT or FAILED in between
     /// (``Client/Options/maxResubmitsWithoutProgress``).
     private var resubmitsWithoutProgress = 0
+    /// The broker's max-fragment, from `mmi.limits` (C47); nil when it did not say.
+    var brokerMaxFragment: Int?
 
     init(socket: CurveClientSocket, thread: SocketThread, options: Client.Options, logger: Logger) {
         client = socket
@@ -141,6 +143,11 @@ final class ClientEngine: ConnectingEngine {
             throw SecureMQError(.invalidConfiguration, "'\(PeerText.escaped(service))' is not a valid service name: 1–255 bytes of A-Z a-z 0-9 . _ -")
         }
         let reader = try PayloadReader(payload)
+        if let limit = brokerMaxFragment, min(fragmentSize, reader.length) > limit {
+            throw SecureMQError(.jobFailed,
+                "413: fragments of \(min(fragmentSize, reader.length)) bytes are larger than the broker's max-fragment (\(limit) bytes): use a fragment size of at most \(limit) bytes",
+                status: FailureCode.tooLarge.rawValue)
+        }
         let job: ClientJob
         do {
             job = try ClientJob(jobID: nextJobID(), service: name, reader: reader, fragmentSize: fragmentSize,
@@ -198,6 +205,10 @@ final class ClientEngine: ConnectingEngine {
         } else {
             return continuation.resume(returning: .failure(SecureMQError(.invalidConfiguration,
                 "'\(PeerText.escaped(service))' is not a valid service name: 1–255 bytes of A-Z a-z 0-9 . _ -")))
+        }
+        if let limit = brokerMaxFragment, body.count > limit {
+            return continuation.resume(returning: .failure(SecureMQError(.jobFailed,
+                "413: a request of \(body.count) bytes is larger than the broker's max-fragment (\(limit) bytes)", status: FailureCode.tooLarge.rawValue)))
         }
         let jobID = requestJobID(waiter: waiter)
         let message = ZMQMessage(size: Fragment.encodedSize(serviceLength: name.byteCount, bodyLength: body.count))

@@ -13,6 +13,15 @@ public struct WorkHeader: Sendable {
     public let offset: Int
     /// The service the fragment was submitted to.
     public let service: String
+    /// When the client's deadline for this fragment's job passes, on this machine's clock, or
+    /// nil when the job has none (or the broker did not say: PROTOCOL.md C45). A handler can
+    /// give up early: its result would arrive after the client stopped waiting.
+    public var deadline: ContinuousClock.Instant? = nil
+
+    /// The time left before ``deadline`` (zero once it has passed), or nil without one.
+    public var timeLeft: Duration? {
+        deadline.map { max(.zero, $0 - .now) }
+    }
 }
 
 /// One fragment for a worker's handler.
@@ -30,6 +39,8 @@ public struct WorkItem: Sendable {
     public var offset: Int { header.offset }
     /// The service the fragment was submitted to.
     public var service: String { header.service }
+    /// The time left before the client's deadline, or nil without one (see ``WorkHeader/timeLeft``).
+    public var timeLeft: Duration? { header.timeLeft }
 }
 
 /// Thrown by a handler to refuse a fragment with a code and a reason the client will see.

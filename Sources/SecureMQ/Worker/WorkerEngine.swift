@@ -29,6 +29,8 @@ final class WorkerEngine: ConnectingEngine {
     private var lastHeard: UInt64
     private let received = ZMQMessage()
     private var hasher = SHA256()
+    /// Time left per delivery id, from a DEADLINE that came before its WORK (C45).
+    private var deadlines: [UInt64: (received: ContinuousClock.Instant, milliseconds: UInt32)] = [:]
 
     init(socket: CurveClientSocket, thread: SocketThread, service: ServiceName, options: Worker.Options, logger: Logger) {
         client = socket
@@ -166,11 +168,14 @@ final class WorkerEngine: ConnectingEngine {
                 reject(fragment.tag, code: .malformed, retryable: false, reason: "fragment \(header.index) \(what)")
                 return
             }
-            let workHeader = WorkHeader(id: work.jobID, index: work.index, count: work.count,
+            var workHeader = WorkHeader(id: work.jobID, index: work.index, count: work.count,
                                         offset: work.offset,
                                         // Valid names are [A-Za-z0-9._-], but it is the broker's text: escaped all
                                         // the same, and only on the rare path where it differs from ours.
                                         service: fragment.service.matches(service) ? service.string : PeerText.escaped(fragment.service.description))
+            if !deadlines.isEmpty, let left = deadlines.removeValue(forKey: fragment.tag) {
+                workHeader.deadline = left.received + .milliseconds(Int(left.milliseconds))
+            }
             if inlineHandler != nil {
                 // In place: the handler reads the body where libzmq put it.
                 let outcome = runInline(workHeader, fragment.body)
@@ -184,6 +189,12 @@ final class WorkerEngine: ConnectingEngine {
             } else {
                 backlog.append(pending)
             }
+        case .deadline(let delivery, let milliseconds):
+            // C45: the time left for the WORK that follows. Bounded: a broker that sends
+            // DEADLINEs without WORK cannot grow this beyond a few times the credit.
+            client.noteServed()
+            if deadlines.count >= 4 * max(1, options.credit) { deadlines.removeAll() }
+            deadlines[delivery] = (ContinuousClock.now, milliseconds)
         case .heartbeat:
             client.noteServed()
         case .disconnect(let reason):
