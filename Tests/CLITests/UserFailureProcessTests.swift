@@ -92,7 +92,7 @@ import Testing
         let worker = try certs.worker("slow-1")
         let client = try certs.client("client-1")
         let broker = try await harness.startBroker(certs)
-        _ = try await harness.startWorker(worker, certs: certs, broker: broker, service: "echo", arguments: ["--delay-ms", "5000"])
+        let slow = try await harness.startWorker(worker, certs: certs, broker: broker, service: "echo", arguments: ["--delay-ms", "5000"])
         let input = try harness.write(randomBytes(3 << 10), to: "input.bin")
         let kept = randomBytes(8192)
         let output = try harness.write(kept, to: "keep.bin")
@@ -104,6 +104,31 @@ import Testing
         #expect(error.contains("deadline") && error.contains("keep.bin was left as it was"), "\(error)")
         #expect(try [UInt8](Data(contentsOf: URL(fileURLWithPath: output))) == kept)
         #expect(try Self.strays(in: harness.directory).isEmpty)
+        // The worker saw the time left (DEADLINE before WORK, C45) and gave up at the deadline.
+        let line = try await slow.waitForLine(containing: "ms left before its deadline", in: .stdout, timeout: .seconds(20))
+        #expect(line.contains("fragment 0 of job"), "\(line)")
+    }
+
+    /// A typo in the service name: a warning at once naming what the broker serves (C46), and
+    /// the 404 names them too.
+    @Test(.timeLimit(.minutes(2)))
+    func anUnknownServiceIsNamedWithTheServicesTheBrokerKnows() async throws {
+        let harness = try ProcessHarness("unknown-service")
+        defer { harness.tearDown() }
+        let certs = try TestCertificates(in: harness.directory)
+        let client = try certs.client("client-1")
+        // Keys first: the broker's first read of the allowlist has them all.
+        let workers = try [("w-echo", "echo"), ("w-sha", "sha256"), ("w-upper", "upper")].map { (try certs.worker($0.0), $0.1) }
+        let broker = try await harness.startBroker(certs, arguments: ["--service-timeout", "1"])
+        for (worker, service) in workers {
+            _ = try await harness.startWorker(worker, certs: certs, broker: broker, service: service)
+        }
+        let input = try harness.write(randomBytes(100), to: "input.bin")
+        let result = try await harness.submit(input, as: client, certs: certs, broker: broker, service: "sha265", timeout: .seconds(30))
+        #expect(result.termination == .exited(1), "\(result.transcript)")
+        #expect(result.stderr.contains("warning: no worker serves 'sha265' now (known: echo, sha256, upper)"), "\(result.transcript)")
+        let error = try #require(result.errorLines.first, "\(result.transcript)")
+        #expect(error.contains("404") && error.contains("(known: echo, sha256, upper)"), "\(error)")
     }
 
     /// Ctrl-C during a job: the progress line ends, what was done is said, --output is as it was.
@@ -155,8 +180,9 @@ import Testing
         #expect(try FileManager.default.contentsOfDirectory(atPath: temporary).isEmpty)
     }
 
-    /// A fragment above the broker's max-fragment: libzmq drops the connection each time it is
-    /// sent, so the client must stop resending it and say why (it looped for ever before).
+    /// A fragment above the broker's max-fragment: it looped for ever before (libzmq drops the
+    /// connection on each oversized frame, the client resent it). Now the client learns the
+    /// broker's max-fragment when it connects (C47) and fails at once with 413 naming both sizes.
     @Test(.timeLimit(.minutes(2)))
     func anOversizedFragmentEndsWith413InsteadOfLooping() async throws {
         let harness = try ProcessHarness("oversize")
@@ -171,7 +197,7 @@ import Testing
                                               arguments: ["--fragment-size", "128K"], timeout: .seconds(60))
         #expect(result.termination == .exited(1), "\(result.transcript)")
         let error = try #require(result.errorLines.first, "\(result.transcript)")
-        #expect(error.contains("413") || error.contains("max-fragment"), "\(error)")
+        #expect(error.contains("413") && error.contains("131072") && error.contains("65536"), "\(error)")
     }
 
     /// Files beside the output that are not the test's own: partial outputs, spools.
