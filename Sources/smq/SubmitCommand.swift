@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Logging
 import Synchronization
 import SecureMQ
 
@@ -40,8 +41,14 @@ struct SubmitCommand: AsyncParsableCommand {
     @Flag(help: "Print how many fragments each worker processed.")
     var perWorker = false
 
-    @Flag(help: "Print no progress bar, even on a terminal.")
+    @Option(help: "A directory of public certificates (e.g. certs/allowed): --per-worker names workers by their certificates' names.")
+    var workerNames: String?
+
+    @Flag(help: "Print nothing but errors: no progress line, no summary.")
     var quiet = false
+
+    @Flag(help: "Print the summary as one JSON object (on stdout, or on stderr when --output is -).")
+    var json = false
 
     func validate() throws {
         _ = try OptionCheck.size(fragmentSize, option: "--fragment-size", 1...OptionCheck.maxFragment)
@@ -52,7 +59,8 @@ struct SubmitCommand: AsyncParsableCommand {
 
     func run() async throws {
         let (brokerKey, keyPair, logger) = try peer.load()
-        let progress = SubmitProgress(shown: !quiet && isatty(STDERR_FILENO) != 0)
+        let progress = SubmitProgress(shown: !quiet && !json && isatty(STDERR_FILENO) != 0)
+        let names = try loadWorkerNames()
         Cleanup.onTerminationSignals()
         var options = Client.Options()
         options.fragmentSize = try ByteSize.parse(fragmentSize, option: "--fragment-size")
@@ -83,30 +91,43 @@ struct SubmitCommand: AsyncParsableCommand {
             }
             let job = try await client.submit(.file(path), to: service, deadline: deadline.map(OptionCheck.duration(seconds:)))
             progress.start(fragments: job.fragmentCount, bytes: job.payloadLength)
+            let fragmentSize = options.fragmentSize
             for try await result in job {
                 try sink?.write(result.body)
-                progress.advance(resultBytes: result.body.count)
+                progress.advance(payloadBytes: min(fragmentSize, job.payloadLength - result.index * fragmentSize), resultBytes: result.body.count)
             }
             try sink?.commit()
             progress.finish()
             let summary = await job.summary()
             let elapsed = ContinuousClock.now - started
             let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
-            let report = """
-                fragments:      \(summary.fragments)
-                payload:        \(ByteSize.format(summary.payloadBytes))
-                results:        \(ByteSize.format(summary.resultBytes))
-                throughput:     \(String(format: "%.1f", Double(summary.payloadBytes) / 1_048_576 / max(seconds, 1e-9))) MiB/s (\(String(format: "%.3f", seconds)) s)
-                payload digest: \(summary.payloadDigest)
-                result digest:  \(summary.resultDigest)
-                busy resends:   \(summary.busyResends)
-                resubmitted:    \(summary.resubmitted)
-                duplicates:     \(summary.duplicates)
-                """
-            FileHandle.standardError.write(Data((report + "\n").utf8))
-            if perWorker {
-                for (tag, count) in summary.perWorker.sorted(by: { $0.value > $1.value }) {
-                    FileHandle.standardError.write(Data("worker \(WorkerTag.fingerprint(tag)): \(count) fragments\n".utf8))
+            let workers = summary.perWorker.sorted { $0.value > $1.value }.map { (name: names[$0.key] ?? WorkerTag.fingerprint($0.key), fragments: $0.value) }
+            if json {
+                let object: [String: Any] = [
+                    "fragments": summary.fragments, "payload_bytes": summary.payloadBytes, "result_bytes": summary.resultBytes,
+                    "seconds": seconds, "payload_digest": summary.payloadDigest, "result_digest": summary.resultDigest,
+                    "busy_resends": summary.busyResends, "resubmitted": summary.resubmitted, "duplicates": summary.duplicates,
+                    "workers": workers.map { ["name": $0.name, "fragments": $0.fragments] },
+                ]
+                let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
+                (output == "-" ? FileHandle.standardError : FileHandle.standardOutput).write(data + Data("\n".utf8))
+            } else if !quiet {
+                let report = """
+                    fragments:      \(summary.fragments)
+                    payload:        \(ByteSize.format(summary.payloadBytes))
+                    results:        \(ByteSize.format(summary.resultBytes))
+                    throughput:     \(String(format: "%.1f", Double(summary.payloadBytes) / 1_048_576 / max(seconds, 1e-9))) MiB/s (\(String(format: "%.3f", seconds)) s)
+                    payload digest: \(summary.payloadDigest)
+                    result digest:  \(summary.resultDigest)
+                    busy resends:   \(summary.busyResends)
+                    resubmitted:    \(summary.resubmitted)
+                    duplicates:     \(summary.duplicates)
+                    """
+                FileHandle.standardError.write(Data((report + "\n").utf8))
+                if perWorker {
+                    for worker in workers {
+                        FileHandle.standardError.write(Data("worker \(worker.name): \(worker.fragments) fragments\n".utf8))
+                    }
                 }
             }
             await client.close()
@@ -126,11 +147,31 @@ struct SubmitCommand: AsyncParsableCommand {
     }
 }
 
-/// The progress line on a terminal, and what Ctrl-C reports. Its counters are read by the
-/// signal handler's thread, hence the lock.
+extension SubmitCommand {
+    /// Worker tag → certificate name, from `--worker-names DIR` (the broker's allowlist directory
+    /// is the usual choice): what the demo prints, for any deployment.
+    func loadWorkerNames() throws -> [UInt64: String] {
+        guard let workerNames else { return [:] }
+        do {
+            let allowlist = try Allowlist(directory: workerNames, logger: Logger(label: "smq.names"))
+            var names: [UInt64: String] = [:]
+            for entry in allowlist.entries { names[entry.publicKey.tag] = PeerText.escaped(entry.name) }
+            return names
+        } catch {
+            fail("cannot read --worker-names \(PeerText.escaped(workerNames)): \(PeerText.escaped("\(error)"))")
+        }
+    }
+}
+
+/// The progress line on a terminal, like curl's: bytes done of the total, percent, rate and time
+/// left, fitted to the terminal's width and redrawn at most 10 times a second. Its counters are
+/// also read by the signal handler's thread (Ctrl-C), hence the lock.
 final class SubmitProgress: Sendable {
     private struct State {
-        var fragments = 0, done = 0, resultBytes = 0, lineOpen = false
+        var fragments = 0, done = 0, totalBytes = 0, payloadDone = 0, resultBytes = 0
+        var lineOpen = false
+        var started = ContinuousClock.now
+        var lastDrawn: ContinuousClock.Instant?
     }
     private let state = Mutex(State())
     let shown: Bool
@@ -138,19 +179,60 @@ final class SubmitProgress: Sendable {
     init(shown: Bool) { self.shown = shown }
 
     func start(fragments: Int, bytes: Int) {
-        state.withLock { $0.fragments = fragments }
+        state.withLock {
+            $0.fragments = fragments
+            $0.totalBytes = bytes
+            $0.started = .now
+        }
     }
 
-    func advance(resultBytes: Int) {
+    func advance(payloadBytes: Int, resultBytes: Int) {
         let line: String? = state.withLock { state in
             state.done += 1
+            state.payloadDone += max(0, payloadBytes)
             state.resultBytes += resultBytes
-            guard shown, state.done % 16 == 0 || state.done == state.fragments else { return nil }
+            guard shown else { return nil }
+            let now = ContinuousClock.now
+            let last = state.done == state.fragments
+            if let drawn = state.lastDrawn, now - drawn < .milliseconds(100), !last { return nil }
+            state.lastDrawn = now
             state.lineOpen = true
-            let width = 30, filled = width * state.done / max(1, state.fragments)
-            return "\r[\(String(repeating: "#", count: filled))\(String(repeating: ".", count: width - filled))] \(state.done)/\(state.fragments)"
+            // ESC [ K clears what a longer earlier line left at the end.
+            return "\r" + Self.line(done: state.payloadDone, total: state.totalBytes, elapsed: now - state.started, width: Self.terminalWidth()) + "\u{1B}[K"
         }
         if let line { FileHandle.standardError.write(Data(line.utf8)) }
+    }
+
+    /// `12.5 MiB / 64.0 MiB  19%  31.2 MiB/s  0:02 left  [#####.........]`, fitted to `width`.
+    static func line(done: Int, total: Int, elapsed: Duration, width: Int) -> String {
+        let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+        let rate = seconds > 0 ? Double(done) / seconds : 0
+        let percent = total > 0 ? min(100, done * 100 / total) : 100
+        let left: String
+        if done >= total { left = "done" } else if rate > 0 {
+            let remaining = Int((Double(total - done) / rate).rounded(.up))
+            left = remaining >= 3600 ? "\(remaining / 3600)h\(String(format: "%02d", remaining / 60 % 60))m left"
+                : "\(remaining / 60):\(String(format: "%02d", remaining % 60)) left"
+        } else { left = "--:-- left" }
+        let head = "\(ByteSize.format(done)) / \(ByteSize.format(total))  \(percent)%"
+        let rateText = "\(ByteSize.format(Int(rate)))/s"
+        // What fits, most useful first: the bar goes first, then the rate, then the time left.
+        var text = [[head, rateText, left], [head, left], [head]].map { $0.joined(separator: "  ") }
+            .first { $0.count + 1 <= width } ?? head
+        let room = width - 1 - text.count - 4  // "  [" and "]", and the last column left free
+        if room >= 10 {
+            let filled = room * percent / 100
+            text += "  [" + String(repeating: "#", count: filled) + String(repeating: ".", count: room - filled) + "]"
+        }
+        return String(text.prefix(max(1, width - 1)))
+    }
+
+    /// Columns of the terminal on stderr (TIOCGWINSZ), else $COLUMNS, else 80.
+    static func terminalWidth() -> Int {
+        var size = winsize()
+        if ioctl(STDERR_FILENO, UInt(TIOCGWINSZ), &size) == 0, size.ws_col > 0 { return Int(size.ws_col) }
+        if let columns = ProcessInfo.processInfo.environment["COLUMNS"].flatMap(Int.init), columns > 0 { return columns }
+        return 80
     }
 
     /// Ends the progress line, if one is open.
@@ -278,15 +360,20 @@ struct SinkError: Error, CustomStringConvertible {
 
 /// Standard input, spooled so its length is known before the first SUBMIT (PROTOCOL.md C18).
 enum StdinSpool {
-    /// Copies stdin into a private file (mkstemp, 0600) that is unlinked at once: nothing is
-    /// left behind however the process ends, and the job reads it through /proc/self/fd.
+    /// Copies stdin into a private file (mkstemp, 0600) that is unlinked as soon as it is
+    /// complete: nothing is left behind however the job ends, and the job reads it through
+    /// /proc/self/fd.
     /// - Returns: the path the job reads.
     static func spool(limit: Int) -> String {
         var template = Array((NSTemporaryDirectory() + "/smq-stdin-XXXXXX").utf8CString)
         let fd = mkstemp(&template)
         guard fd >= 0 else { fail("cannot make a temporary file for stdin: \(String(cString: strerror(errno)))") }
         let directory = NSTemporaryDirectory()
-        unlink(template.withUnsafeBufferPointer { String(cString: $0.baseAddress!) })
+        let path = template.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
+        // While stdin is read the file has a name (0600), removed by Ctrl-C/SIGTERM or `fail`;
+        // once spooled it is unlinked and read through the open descriptor.
+        let token = Cleanup.register { unlink(path) }
+        defer { Cleanup.run(token) }
         var buffer = [UInt8](repeating: 0, count: 1 << 20)
         var total = 0
         while true {

@@ -33,7 +33,7 @@ struct FaultProcessTests {
         let input = try harness.write(payload, to: "\(name).in")
         // Results to stdout (the harness's file), which grows as they come: `--output FILE` is
         // written beside FILE and renamed only at the end (issue 11), so it cannot be watched.
-        let child = try harness.start("smq", ["submit", input, "--service", "echo", "--quiet", "--fragment-size", "1K",
+        let child = try harness.start("smq", ["submit", input, "--service", "echo", "--fragment-size", "1K",
                                               "--window", "\(window)", "--output", "-"]
                                       + harness.peerArguments(client, certs: certs, broker: broker), name: "submit-\(name)")
         return (child, child.stdoutPath)

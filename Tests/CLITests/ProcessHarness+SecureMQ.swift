@@ -60,7 +60,8 @@ extension ProcessHarness {
     func submit(_ input: String, as peer: TestPeer, certs: TestCertificates, broker: BrokerProcess, service: String,
                 arguments: [String] = [], stdin: String? = nil, environment: [String: String] = [:],
                 timeout: Duration = ChildProcess.defaultTimeout) async throws -> Finished {
-        try await run("smq", ["submit", input, "--service", service, "--quiet"] + peerArguments(peer, certs: certs, broker: broker) + arguments,
+        // No --quiet: it hides the summary the tests read (no progress line without a terminal).
+        try await run("smq", ["submit", input, "--service", service] + peerArguments(peer, certs: certs, broker: broker) + arguments,
                       name: "submit-\(peer.name)", stdin: stdin, environment: environment, timeout: timeout)
     }
 

@@ -200,6 +200,57 @@ import Testing
         #expect(error.contains("413") && error.contains("131072") && error.contains("65536"), "\(error)")
     }
 
+    /// Under a pseudo-terminal (Python's pty, as a user's shell): the progress line shows bytes
+    /// of the total, percent, rate and time left, and ends with a newline before the summary.
+    @Test(.timeLimit(.minutes(2)))
+    func theProgressLineShowsBytesRateAndTimeLeftOnATerminal() async throws {
+        let harness = try ProcessHarness("progress")
+        defer { harness.tearDown() }
+        let certs = try TestCertificates(in: harness.directory)
+        let worker = try certs.worker("echo-1")
+        let client = try certs.client("client-1")
+        let broker = try await harness.startBroker(certs)
+        _ = try await harness.startWorker(worker, certs: certs, broker: broker, service: "echo", arguments: ["--delay-ms", "20", "--credit", "4"])
+        let input = try harness.write(randomBytes(128 << 10), to: "input.bin")
+        let smq = try BuiltProduct.path("smq")
+        let result = try await harness.run(executable: try AbusePeers.python(), [
+            "-c", "import pty, sys; sys.exit(pty.spawn(sys.argv[1:]) >> 8)",
+            smq, "submit", input, "--service", "echo", "--fragment-size", "1K", "--window", "8",
+            "--worker-names", certs.allowlist, "--per-worker",
+        ] + harness.peerArguments(client, certs: certs, broker: broker), name: "pty-submit", timeout: .seconds(60))
+        #expect(result.termination == .exited(0), "\(result.transcript)")
+        // Through the pty, stdout and stderr arrive together on the Python's stdout.
+        let screen = result.stdoutText
+        #expect(screen.contains(" / 128.0 KiB  "), "\(screen)")
+        #expect(screen.contains("%  ") && screen.contains("/s  "), "\(screen)")
+        #expect(screen.contains(" left"), "no time left shown: \(screen)")
+        #expect(screen.contains("128.0 KiB / 128.0 KiB  100%"), "\(screen)")
+        #expect(screen.contains("\nfragments:      128"), "the summary starts on a line of its own: \(screen)")
+        #expect(screen.contains("worker echo-1: 128 fragments"), "--per-worker names the worker by its certificate: \(screen)")
+    }
+
+    /// --json: the summary as one JSON object on stdout; --quiet: nothing but errors.
+    @Test(.timeLimit(.minutes(2)))
+    func jsonPrintsTheSummaryAsJSONAndQuietPrintsNothing() async throws {
+        let harness = try ProcessHarness("json")
+        defer { harness.tearDown() }
+        let certs = try TestCertificates(in: harness.directory)
+        let worker = try certs.worker("echo-1")
+        let client = try certs.client("client-1")
+        let broker = try await harness.startBroker(certs)
+        _ = try await harness.startWorker(worker, certs: certs, broker: broker, service: "echo")
+        let input = try harness.write(randomBytes(10_000), to: "input.bin")
+        let json = try await harness.submit(input, as: client, certs: certs, broker: broker, service: "echo",
+                                            arguments: ["--fragment-size", "1K", "--json", "--worker-names", certs.allowlist])
+        #expect(json.termination == .exited(0), "\(json.transcript)")
+        let object = try #require(try JSONSerialization.jsonObject(with: json.stdout) as? [String: Any], "\(json.transcript)")
+        #expect(object["fragments"] as? Int == 10 && object["payload_bytes"] as? Int == 10_000, "\(object)")
+        let workers = try #require(object["workers"] as? [[String: Any]])
+        #expect(workers.count == 1 && workers[0]["name"] as? String == "echo-1" && workers[0]["fragments"] as? Int == 10, "\(workers)")
+        let quiet = try await harness.submit(input, as: client, certs: certs, broker: broker, service: "echo", arguments: ["--quiet"])
+        #expect(quiet.termination == .exited(0) && quiet.stderr.isEmpty && quiet.stdout.isEmpty, "\(quiet.transcript)")
+    }
+
     /// Files beside the output that are not the test's own: partial outputs, spools.
     static func strays(in directory: String) throws -> [String] {
         try FileManager.default.contentsOfDirectory(atPath: directory).filter { $0.contains("smq-partial") || $0.contains("smq-stdin") }
