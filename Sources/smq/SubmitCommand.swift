@@ -66,6 +66,7 @@ struct SubmitCommand: AsyncParsableCommand {
         options.fragmentSize = try ByteSize.parse(fragmentSize, option: "--fragment-size")
         options.maxFragmentSize = max(options.maxFragmentSize, options.fragmentSize)
         options.window = window
+        options.learnBrokerLimits = true  // an oversized fragment fails at once with 413 (C47)
         options.connection = peer.connectionOptions()
 
         // stdin has no size up front; the fragment count is part of every header, so spool it.

@@ -60,6 +60,36 @@ import Testing
         await fixture.stop()
     }
 
+    /// C46 and C47 through the library: the broker's limit learned at connect, an oversized job
+    /// refused before anything is sent, the services that have a worker.
+    @Test(.timeLimit(.minutes(1)))
+    func theClientLearnsTheBrokersLimitAndItsServices() async throws {
+        let fixture = try await PipelineFixture(peers: [("worker-1", "worker", 1), ("worker-2", "worker", 1), ("client-1", "client", 1)]) {
+            $0.maxFragmentSize = 64 << 10
+        }
+        try await fixture.startWorker("worker-1", service: "echo")
+        try await fixture.startWorker("worker-2", service: "upper", configure: { $0.maxFragmentSize = 64 << 10 })
+        let client = try await fixture.client("client-1") {
+            $0.learnBrokerLimits = true
+            $0.maxFragmentSize = 256 << 10
+            $0.fragmentSize = 128 << 10
+        }
+        try await fixture.waitForWorkers(1, service: "upper", using: client)
+        #expect(await client.brokerMaxFragmentSize == 64 << 10)
+        do {
+            _ = try await client.submit(.bytes(patternBytes(200 << 10)), to: "echo")
+            Issue.record("a job of 128 KiB fragments went to a broker whose limit is 64 KiB")
+        } catch {
+            #expect(error.status == 413 && error.message.contains("131072") && error.message.contains("65536"), "\(error)")
+        }
+        await #expect(throws: SecureMQError.self) { _ = try await client.request(patternBytes(100 << 10), service: "echo") }
+        // A payload smaller than the limit goes (its one fragment is small).
+        #expect(try await client.submit(.bytes(patternBytes(1000)), to: "echo").collect() == patternBytes(1000))
+        #expect(try await client.services() == ["echo", "upper"])
+        await client.close()
+        await fixture.stop()
+    }
+
     @Test(arguments: [Duration.zero, .milliseconds(-5), .seconds(100 * 86_400)])
     func aDeadlineOutOfRangeIsAConfigurationError(deadline: Duration) async throws {
         let fixture = try await PipelineFixture(peers: [("client-1", "client", 1)])

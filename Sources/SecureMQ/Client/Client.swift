@@ -28,6 +28,11 @@ public final class Client: Sendable {
         /// makes libzmq drop the connection; without this bound the client would reconnect and
         /// resend it for ever.
         public var maxResubmitsWithoutProgress: Int = 3
+        /// Ask the broker its limits when connecting (`mmi.limits`, PROTOCOL.md C47), so a
+        /// fragment or request it would refuse fails at once with 413 naming both sizes. Off by
+        /// default: it costs a round trip in ``Client/connect(to:brokerKey:keyPair:options:context:logger:)``,
+        /// and the first message a broker sees is then that query. `smq submit` turns it on.
+        public var learnBrokerLimits = false
         public var connection = ConnectionOptions()
 
         public init() {}
@@ -94,7 +99,7 @@ public final class Client: Sendable {
             return ClientEngine(socket: socket, thread: thread, options: options, logger: logger)
         }
         let client = Client(thread: thread, engine: engine, options: options)
-        await client.learnLimits()
+        if options.learnBrokerLimits { await client.learnLimits() }
         return client
     }
 
@@ -110,7 +115,7 @@ public final class Client: Sendable {
     }
 
     /// The largest fragment the broker accepts, as it said when the client connected, or nil
-    /// when it did not say (an older broker).
+    /// when it was not asked (``Options/learnBrokerLimits``) or did not say (an older broker).
     public var brokerMaxFragmentSize: Int? {
         get async {
             let box = UncheckedBox(engine)
