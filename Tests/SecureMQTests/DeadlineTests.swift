@@ -60,6 +60,28 @@ import Testing
         await fixture.stop()
     }
 
+    /// The worker's handler sees the time left (DEADLINE before WORK, C45), and nil without one.
+    @Test(.timeLimit(.minutes(1)))
+    func aHandlerSeesTheTimeLeftOfItsJob() async throws {
+        let fixture = try await PipelineFixture(peers: [("worker-1", "worker", 1), ("client-1", "client", 1)])
+        let seen = Mutex<[Duration?]>([])
+        try await fixture.startWorker("worker-1", handler: { item in
+            seen.withLock { $0.append(item.timeLeft) }
+            return item.body
+        })
+        let client = try await fixture.client("client-1")
+        try await fixture.waitForWorkers(1, using: client)
+        _ = try await client.submit(.bytes([1, 2, 3]), to: "echo", deadline: .seconds(20)).collect()
+        _ = try await client.submit(.bytes([4, 5, 6]), to: "echo").collect()
+        let times = seen.withLock { $0 }
+        try #require(times.count == 2)
+        let left = try #require(times[0], "the handler did not see the job's deadline")
+        #expect(left > .zero && left <= .seconds(20), "\(left)")
+        #expect(times[1] == nil, "a job without a deadline has no time left")
+        await client.close()
+        await fixture.stop()
+    }
+
     /// C46 and C47 through the library: the broker's limit learned at connect, an oversized job
     /// refused before anything is sent, the services that have a worker.
     @Test(.timeLimit(.minutes(1)))
