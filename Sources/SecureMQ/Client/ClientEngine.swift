@@ -34,8 +34,9 @@ final class ClientJob {
 
     /// The time left in milliseconds for a SUBMIT's tag (PROTOCOL.md C45): 0 = no deadline,
     /// at least 1 while one is set.
-    func timeLeftMilliseconds(now: UInt64) -> UInt64 {
-        guard let deadlineAt else { return 0 }
+    func timeLeftMilliseconds() -> UInt64 {
+        guard let deadlineAt else { return 0 }  // no clock read on the common path
+        let now = SocketThread.now()
         return max(1, (deadlineAt &- min(now, deadlineAt)) / 1_000_000)
     }
 
@@ -281,7 +282,7 @@ final class ClientEngine: ConnectingEngine {
         }
         // The tag carries the time left (C45); a resend reuses this message, so a resent SUBMIT
         // names a later deadline than the real one: the client's own timer still ends the job.
-        Fragment.write(into: buffer, command: .submit, tag: job.timeLeftMilliseconds(now: SocketThread.now()), service: job.service, header: header)
+        Fragment.write(into: buffer, command: .submit, tag: job.timeLeftMilliseconds(), service: job.service, header: header)
         return message
     }
 
