@@ -214,11 +214,14 @@ final class ServiceQueue {
             retries.remove(at: position)
             return take(fragment)
         }
-        // Fair queueing over clients by cost (start-time fair queueing): each client's queue has
-        // a virtual finish time that grows by the cost of what it was served; the next fragment
-        // comes from the client with the smallest, ties to the one that waited longest. Equal
-        // fragments alternate; a client with small fragments is not slowed by one with large
-        // ones. O(clients with queued work) per pick.
+        // Fair queueing over clients by turns (start-time fair queueing with one unit per
+        // fragment, PROTOCOL.md C37): each client's queue has a virtual finish time that grows by
+        // one per fragment it was served; the next fragment comes from the client with the
+        // smallest, ties to the one that waited longest, and a client that (re)starts sending
+        // begins at the current virtual time (no credit for time it was idle). Turns, not bytes:
+        // credit is counted in fragments and a worker's time per fragment is unknown; the budget
+        // share (bytes) bounds what a client with large fragments holds. O(clients with queued
+        // work) per pick.
         var best: ClientQueue?
         var bestPosition = 0
         position = 0
@@ -249,7 +252,7 @@ final class ServiceQueue {
         guard let queue = best else { return nil }
         let fragment = queue.fragments.removeFirst()
         virtualNow = queue.finish
-        queue.finish &+= UInt64(fragment.cost)
+        queue.finish &+= 1
         // It goes behind the others with its new finish time (ties go to who waited longer).
         let client = clientOrder.remove(at: bestPosition)
         if queue.fragments.isEmpty {
