@@ -44,7 +44,7 @@ struct SubmitCommand: AsyncParsableCommand {
     @Option(help: "A directory of public certificates (e.g. certs/allowed): --per-worker names workers by their certificates' names.")
     var workerNames: String?
 
-    @Flag(help: "Print nothing but errors: no progress line, no summary.")
+    @Flag(help: "Print nothing but errors (and what --per-worker asks for): no progress line, no summary.")
     var quiet = false
 
     @Flag(help: "Print the summary as one JSON object (on stdout, or on stderr when --output is -).")
@@ -125,10 +125,11 @@ struct SubmitCommand: AsyncParsableCommand {
                     duplicates:     \(summary.duplicates)
                     """
                 FileHandle.standardError.write(Data((report + "\n").utf8))
-                if perWorker {
-                    for worker in workers {
-                        FileHandle.standardError.write(Data("worker \(worker.name): \(worker.fragments) fragments\n".utf8))
-                    }
+            }
+            // Asked for by name, so printed even with --quiet.
+            if perWorker && !json {
+                for worker in workers {
+                    FileHandle.standardError.write(Data("worker \(worker.name): \(worker.fragments) fragments\n".utf8))
                 }
             }
             await client.close()
