@@ -112,6 +112,31 @@ import Testing
         await fixture.stop()
     }
 
+    /// The issue's loop: a fragment over the broker's ZMQ_MAXMSGSIZE makes libzmq drop the
+    /// connection, the client reconnected and resent it for ever. Without asking the limits
+    /// (C47), the client now gives up after maxResubmitsWithoutProgress (C48) and says why.
+    @Test(.timeLimit(.minutes(1)))
+    func resendingWithoutProgressIsBoundedAndNamesTheCause() async throws {
+        let fixture = try await PipelineFixture(peers: [("worker-1", "worker", 1), ("client-1", "client", 1)]) {
+            $0.maxFragmentSize = 64 << 10
+        }
+        try await fixture.startWorker("worker-1", service: "echo", configure: { $0.maxFragmentSize = 64 << 10 })
+        let client = try await fixture.client("client-1") {
+            $0.maxFragmentSize = 256 << 10
+            $0.fragmentSize = 128 << 10
+        }
+        try await fixture.waitForWorkers(1, using: client)
+        do {
+            _ = try await client.submit(.bytes(patternBytes(256 << 10)), to: "echo").collect()
+            Issue.record("a job of fragments over the broker's limit completed")
+        } catch {
+            #expect(error.code == .jobFailed && error.status == 413, "\(error)")
+            #expect(error.message.contains("dropped the connection") && error.message.contains("131072"), "\(error)")
+        }
+        await client.close()
+        await fixture.stop()
+    }
+
     @Test(arguments: [Duration.zero, .milliseconds(-5), .seconds(100 * 86_400)])
     func aDeadlineOutOfRangeIsAConfigurationError(deadline: Duration) async throws {
         let fixture = try await PipelineFixture(peers: [("client-1", "client", 1)])
