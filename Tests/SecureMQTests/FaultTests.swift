@@ -11,8 +11,10 @@ struct FaultTests {
         let fixture = try await PipelineFixture(peers: [("client-1", "client", 1), ("w1", "worker", 1), ("w2", "worker", 1)])
         let handled = SharedCounter()
         let leaving = try await fixture.startWorker("w1", credit: 8, handler: { item in
-            // Hold on to work so the worker has fragments in flight when it leaves.
-            try await Task.sleep(for: .milliseconds(20))
+            // Hold on to work so the worker has fragments in flight when it leaves: 300 ms each,
+            // so it holds its credit's worth however loaded the machine (20 ms let a loaded full
+            // run find it empty-handed, and nothing was requeued).
+            try await Task.sleep(for: .milliseconds(300))
             handled.increment()
             return item.body
         })
