@@ -185,6 +185,7 @@ extension BrokerCore {
             state.inFlight = 0
             state.suspects = 0
             for fragment in held {
+                fragment.job.service.clientDeliveryEnded(fragment)
                 fragment.deliveryID = 0
                 fragment.worker = nil
             }

@@ -135,6 +135,7 @@ extension BrokerCore {
             job.service.dropQueued(fragment)
             fragment.body = nil
             release(cost: fragment.cost, for: job.owner)
+            job.service.clientDeliveryEnded(fragment)
             if fragment.deliveryID != 0 {
                 if let worker = fragment.worker {
                     finishDelivery(fragment, from: worker)

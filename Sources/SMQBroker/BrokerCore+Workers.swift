@@ -111,6 +111,7 @@ extension BrokerCore {
         deliveries[delivery] = fragment
         state.deliveries.insert(delivery)
         service.inFlightChanged(connection, by: 1)
+        fragment.job.service.clientDelivered(fragment)
         counters.dispatched += 1
         switch outcome {
         case .sent:
@@ -156,6 +157,7 @@ extension BrokerCore {
 
     /// A delivery ended (result, reject, failed attempt): its worker's credit returns.
     func finishDelivery(_ fragment: HeldFragment, from connection: PeerConnection) {
+        fragment.job.service.clientDeliveryEnded(fragment)
         let delivery = fragment.deliveryID
         deliveries[delivery] = nil
         fragment.deliveryID = 0

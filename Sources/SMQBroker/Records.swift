@@ -192,6 +192,9 @@ final class HeldFragment {
     var wasSuspectWhenSent = false
     /// The key whose delivery last failed: the retry goes to another key when one is free.
     var lastFailedKey = 0
+    /// Counted in its client's in-flight fragments of the service (``ServiceQueue``'s dispatch
+    /// order): set when delivered, cleared when the delivery ends, so it is counted once.
+    var countedInFlight = false
 
     init(job: Job, index: UInt32, body: AnyObject, cost: Int, now: UInt64) {
         self.job = job

@@ -13,6 +13,9 @@ final class ServiceQueue {
     private(set) var workers: [Int: WorkerSlot] = [:]
     /// Queued fragments per client key, served round-robin so one big job starves nobody.
     private var clients: [Int: ClientQueue] = [:]
+    /// Fragments of each client in flight to this service's workers (clients with none are not
+    /// in the table): dispatch serves the client with the fewest first (C37).
+    private var clientInFlight: [Int: Int] = [:]
     private var clientOrder: Deque<Int> = []
     /// Fragments whose delivery failed (charged) and suspects: served first, each to another key
     /// than the one that failed it when one is free.
@@ -84,6 +87,25 @@ final class ServiceQueue {
         guard let slot = workers[key.serial] else { return }
         slot.recomputeCap(weight: key.entry.weight, baseWindow: baseWindow)
         sync(slot)
+    }
+
+    /// Every client's fragments in flight to this service, as counted for dispatch (for tests).
+    var clientsInFlight: [Int: Int] { clientInFlight }
+
+    /// A fragment of `client` was delivered to a worker of this service.
+    func clientDelivered(_ fragment: HeldFragment) {
+        guard !fragment.countedInFlight else { return }
+        fragment.countedInFlight = true
+        clientInFlight[fragment.job.key.client, default: 0] += 1
+    }
+
+    /// A delivery of `fragment` ended (result, reject, requeue, worker gone, job ended).
+    func clientDeliveryEnded(_ fragment: HeldFragment) {
+        guard fragment.countedInFlight else { return }
+        fragment.countedInFlight = false
+        let client = fragment.job.key.client
+        guard let count = clientInFlight[client] else { return }
+        clientInFlight[client] = count > 1 ? count - 1 : nil
     }
 
     /// A delivery to `connection` began (`delta` 1) or ended (`delta` -1).
@@ -214,15 +236,17 @@ final class ServiceQueue {
             retries.remove(at: position)
             return take(fragment)
         }
-        // Fair queueing over clients by turns (start-time fair queueing with one unit per
-        // fragment, PROTOCOL.md C37): each client's queue has a virtual finish time that grows by
-        // one per fragment it was served; the next fragment comes from the client with the
-        // smallest, ties to the one that waited longest, and a client that (re)starts sending
-        // begins at the current virtual time (no credit for time it was idle). Turns, not bytes:
-        // credit is counted in fragments and a worker's time per fragment is unknown; the budget
-        // share (bytes) bounds what a client with large fragments holds. O(clients with queued
-        // work) per pick.
+        // Fair over clients (PROTOCOL.md C37): the next fragment comes from the client with the
+        // fewest fragments in flight to this service's workers (an equal share of worker slots:
+        // a client that arrives while another fills every slot gets the next ones that free),
+        // then by turns (start-time fair queueing with one unit per fragment: each client's
+        // queue has a virtual finish time that grows by one per fragment it was served, ties to
+        // the one that waited longest, and a client that (re)starts sending begins at the current
+        // virtual time, so it banks no turns while idle). Turns, not bytes: credit is counted in
+        // fragments and a worker's time per fragment is unknown; the budget share (bytes)
+        // bounds what a client with large fragments holds. O(clients with queued work) per pick.
         var best: ClientQueue?
+        var bestInFlight = 0
         var bestPosition = 0
         position = 0
         while position < clientOrder.count {
@@ -243,9 +267,13 @@ final class ServiceQueue {
                 clientOrder.remove(at: position)
                 continue
             }
-            if !queue.owner.account.isBlocked, best == nil || queue.finish < best!.finish {
-                best = queue
-                bestPosition = position
+            if !queue.owner.account.isBlocked {
+                let inFlight = clientInFlight[client] ?? 0
+                if best == nil || inFlight < bestInFlight || (inFlight == bestInFlight && queue.finish < best!.finish) {
+                    best = queue
+                    bestInFlight = inFlight
+                    bestPosition = position
+                }
             }
             position += 1
         }

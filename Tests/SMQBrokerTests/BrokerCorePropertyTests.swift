@@ -144,6 +144,15 @@ struct SplitMix64: RandomNumberGenerator {
         for fragment in core.deliveries.values {
             #expect(fragment.worker != nil && !fragment.job.ended)
         }
+        // Dispatch orders clients by their fragments in flight (C37): the count must be exact.
+        var inFlightByClient: [String: [Int: Int]] = [:]
+        for fragment in core.deliveries.values {
+            inFlightByClient[fragment.job.service.name, default: [:]][fragment.job.key.client, default: 0] += 1
+        }
+        for service in core.services.values {
+            #expect(service.clientsInFlight == inFlightByClient[service.name, default: [:]],
+                    "clients' in-flight counts out of step (seed \(seed), step \(step))")
+        }
         var queued: [String: Int] = [:]
         for job in core.jobs.values {
             for fragment in job.live.values where fragment.queued { queued[job.service.name, default: 0] += 1 }

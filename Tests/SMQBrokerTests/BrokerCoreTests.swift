@@ -102,6 +102,33 @@ import Testing
         #expect(zip(order.dropFirst(), order.dropFirst(2)).allSatisfy { $0 != $1 }, "\(order)")
     }
 
+    /// A client that arrives while another fills every worker slot gets the slots that free next,
+    /// until both hold as many: an equal share of the workers, not every other turn (C37).
+    @Test func aNewcomerGetsFreedSlotsUntilItHoldsAsManyAsTheFlooder() {
+        var rules = BrokerRules.small
+        rules.byteBudget = 1 << 20
+        let h = CoreHarness(rules: rules)
+        let flooder = h.client("flooder")
+        let honest = h.client("honest")
+        let worker = h.worker("w", credit: 4)
+        for index in 0..<40 { h.submit(flooder, job: .n(1), index: UInt32(index), count: 40) }
+        var inFlight = h.takeWorks()
+        #expect(inFlight.count == 4 && inFlight.allSatisfy { $0.job == .n(1) })
+        for index in 0..<4 { h.submit(honest, job: .n(2), index: UInt32(index), count: 4) }
+        var next: [JobID] = []
+        for _ in 0..<4 {
+            let finished = inFlight.removeFirst()
+            h.done(worker, finished)
+            let dispatched = h.takeWorks()
+            next.append(contentsOf: dispatched.map(\.job))
+            inFlight.append(contentsOf: dispatched)
+        }
+        // Flooder 4, honest 0 in flight: the honest client takes the first two slots that free
+        // (turns alone would have alternated), then they share.
+        #expect(Array(next.prefix(2)) == [.n(2), .n(2)], "\(next)")
+        #expect(next.filter { $0 == .n(2) }.count >= 2)
+    }
+
     @Test func aServiceWithoutWorkersFailsWith404AndIsForgotten() {
         var rules = BrokerRules.small
         rules.byteBudget = 1 << 20
