@@ -170,6 +170,9 @@ final class Job {
     }
 
     var isComplete: Bool { doneCount == UInt64(count) }
+
+    /// When its first SUBMIT arrived (the per-job log line's duration).
+    var openedAt: UInt64 = 0
 }
 
 /// A fragment the broker holds: the SUBMIT exactly as received (an adapter handle), rewritten in
@@ -186,6 +189,8 @@ final class HeldFragment {
     var deliveryID: UInt64 = 0
     var worker: PeerConnection?
     var sentAt: UInt64 = 0
+    /// When its SUBMIT arrived (for the SUBMIT → dispatch and SUBMIT → RESULT histograms).
+    let submittedAt: UInt64
     var queued = false
     var wasSuspectWhenSent = false
     /// The key whose delivery last failed: the retry goes to another key when one is free.
@@ -197,6 +202,7 @@ final class HeldFragment {
         self.body = body
         self.cost = cost
         enqueuedAt = now
+        submittedAt = now
     }
 
     var isDead: Bool { body == nil || job.ended || job.doomed }
