@@ -351,6 +351,8 @@ extension BrokerCore {
             code = (services[name]?.workers.isEmpty == false) ? "200" : "404"
         } else if serviceName == "mmi.workers" {
             code = "\(services[name]?.workers.count ?? 0)"
+        } else if serviceName == "mmi.status" {
+            code = statusReport(for: client.key)
         }
         let body = Array(code.utf8)
         let result = FragmentHeader(jobID: header.jobID, index: 0, count: 1, offset: 0, totalLength: 0,

@@ -8,8 +8,9 @@ import SecureMQ
 struct SMQ: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "smq",
-        abstract: "SecureMQ's client and worker tool: run a worker, submit a payload, run the demo.",
-        subcommands: [WorkerCommand.self, SubmitCommand.self, DemoCommand.self, BenchCommand.self]
+        abstract: "SecureMQ's client and worker tool: run a worker, submit a payload, check a broker, run the demo.",
+        version: SecureMQVersion.current,
+        subcommands: [WorkerCommand.self, SubmitCommand.self, PingCommand.self, StatusCommand.self, DemoCommand.self, BenchCommand.self]
     )
 }
 
