@@ -217,6 +217,7 @@ extension BrokerCore {
                 activeClients[other.serial] = other
             } else {
                 counters.abandonedJobs += 1
+                logJobEnd(job, outcome: "abandoned", code: nil)
                 end(job, remember: false)
             }
         }
