@@ -109,4 +109,28 @@ import Testing
             #expect(object?["msg"] is String && object?["level"] is String && object?["ts"] is String, "not a JSON log line: \(line)")
         }
     }
+
+    @Test(.timeLimit(.minutes(2)))
+    func smqReadsTheBrokerAndKeysFromTheEnvironmentAndFlagsWin() async throws {
+        let harness = try ProcessHarness("smq-env")
+        defer { harness.tearDown() }
+        let certs = try TestCertificates(in: harness.directory)
+        let client = try certs.client("env-client")
+        let broker = try await harness.startBroker(certs)
+        let environment = ["SMQ_BROKER": broker.endpoint, "SMQ_BROKER_KEY": certs.broker.publicPath, "SMQ_CERT": client.secretPath]
+        let fromEnvironment = try await harness.run("smq", ["ping"], environment: environment)
+        #expect(fromEnvironment.termination == .exited(0), "\(fromEnvironment.transcript)")
+        #expect(fromEnvironment.stdoutText.contains(broker.endpoint))
+        // A flag wins over its variable: a wrong endpoint in the environment, the right one as a flag.
+        var wrong = environment
+        wrong["SMQ_BROKER"] = "tcp://127.0.0.1:1"
+        let flagWins = try await harness.run("smq", ["ping", "--broker", broker.endpoint], environment: wrong)
+        #expect(flagWins.termination == .exited(0), "\(flagWins.transcript)")
+        let envUsed = try await harness.run("smq", ["ping", "--connect-timeout", "1"], environment: wrong)
+        #expect(envUsed.termination == .exited(1), "\(envUsed.transcript)")
+        #expect(envUsed.stderr.contains("tcp://127.0.0.1:1"), "\(envUsed.transcript)")
+        let none = try await harness.run("smq", ["ping"], environment: ["SMQ_CERT": ""])
+        #expect(none.termination == .exited(64), "\(none.transcript)")
+        #expect(none.stderr.contains("SMQ_CERT"), "\(none.transcript)")
+    }
 }
