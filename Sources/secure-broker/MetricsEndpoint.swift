@@ -36,7 +36,12 @@ final class BrokerMetricsPublisher: Sendable {
     private struct State {
         var counters: [String: (Prometheus.Counter, Int)] = [:]
         var gauges: [String: Prometheus.Gauge] = [:]
+        var lastBody: (at: ContinuousClock.Instant, body: [UInt8])?
     }
+
+    /// Scrapes closer together than this get the previous body: a snapshot pauses the broker's
+    /// thread briefly, and a client hammering the endpoint must not turn that into a load.
+    static let minimumInterval: Duration = .milliseconds(250)
 
     /// Buckets for both latency histograms: 100 µs to 60 s, roughly ×2.5 apart.
     static let latencyBuckets: [Duration] = [
@@ -58,10 +63,15 @@ final class BrokerMetricsPublisher: Sendable {
                 Metrics.Timer(label: "securemq_broker_submit_to_result_seconds", dimensions: [], handler: result))
     }
 
-    /// Publishes one snapshot and renders the registry.
-    func render(_ metrics: BrokerMetrics?) -> [UInt8] {
-        if let metrics { publish(metrics) }
-        return registry.emitToBuffer()
+    /// The body for one scrape: a fresh snapshot from `fetch`, published and rendered, unless
+    /// the last one is younger than ``minimumInterval``.
+    func body(_ fetch: () async -> BrokerMetrics?) async -> [UInt8] {
+        let now = ContinuousClock.now
+        if let last = state.withLock({ $0.lastBody }), now - last.at < Self.minimumInterval { return last.body }
+        if let metrics = await fetch() { publish(metrics) }
+        let body = registry.emitToBuffer()
+        state.withLock { $0.lastBody = (now, body) }
+        return body
     }
 
     private func publish(_ m: BrokerMetrics) {
@@ -166,7 +176,7 @@ struct MetricsServer {
         let publisher = self.publisher
         let broker = self.broker
         await server.appendRoute("GET /metrics") { _ in
-            let body = publisher.render(await broker.metrics())
+            let body = await publisher.body { await broker.metrics() }
             return HTTPResponse(statusCode: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"], body: Data(body))
         }
         let logger = self.logger

@@ -230,7 +230,10 @@ struct BrokerService: Service {
             let logger = self.logger
             metricsTask = Task {
                 do { try await server.run() } catch where !Task.isCancelled {
+                    // Asked for metrics and cannot serve them (the port is taken): stop, as nginx
+                    // does for a listen directive it cannot bind, rather than run unobserved.
                     logger.error("metrics endpoint failed", metadata: ["endpoint": "\(metrics.host):\(metrics.port)", "error": "\(error)"])
+                    fail("cannot serve metrics on \(metrics.host):\(metrics.port): \(error)")
                 } catch {}
             }
         }

@@ -26,6 +26,15 @@ import Testing
                       samples: object["samples"] as? [String: Double] ?? [:], body: object["body"] as? String ?? "")
     }
 
+    static func scrape(_ harness: ProcessHarness, _ url: String, until done: (Scrape) -> Bool) async throws -> Scrape {
+        let deadline = ContinuousClock.now + .seconds(10)
+        while true {
+            let scrape = try await scrape(harness, url)
+            if done(scrape) || ContinuousClock.now >= deadline { return scrape }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+    }
+
     /// Starts a broker serving metrics on a port of its choosing and returns it with the URL it logged.
     static func startBroker(_ harness: ProcessHarness, _ certs: TestCertificates, arguments: [String] = []) async throws -> (BrokerProcess, String) {
         let broker = try await harness.startBroker(certs, arguments: ["--metrics-endpoint", "127.0.0.1:0"] + arguments)
@@ -59,7 +68,9 @@ import Testing
                                               arguments: ["--output", harness.directory + "/out.bin", "--fragment-size", "64K"])
         #expect(result.termination == .exited(0), "\(result.transcript)")
 
-        let after = try await Self.scrape(harness, url)
+        // Scrapes within 250 ms of the previous one get its body (a flood must not load the
+        // broker): scrape until the job shows, with a deadline.
+        let after = try await Self.scrape(harness, url, until: { $0["securemq_broker_jobs_completed_total"] == 1 })
         #expect(after["securemq_broker_jobs_completed_total"] == 1, "\(after.body)")
         #expect(after["securemq_broker_fragments_submitted_total"] == 5, "\(after.body)")
         #expect((after["securemq_broker_deliveries_total"] ?? 0) >= 5)
@@ -122,6 +133,20 @@ import Testing
             #expect(run.stderr.contains("--metrics-endpoint must be HOST:PORT"), "\(bad): \(run.transcript)")
             #expect(!crashMarkers.contains { run.stderr.contains($0) })
         }
+    }
+
+    @Test(.timeLimit(.minutes(1)))
+    func aMetricsPortInUseStopsTheBrokerWithOneErrorLine() async throws {
+        let harness = try ProcessHarness("metrics-taken")
+        defer { harness.tearDown() }
+        let certs = try TestCertificates(in: harness.directory)
+        let (_, url) = try await Self.startBroker(harness, certs)
+        let taken = url.replacingOccurrences(of: "http://", with: "").replacingOccurrences(of: "/metrics", with: "")
+        let second = try await harness.run("secure-broker", [
+            "--endpoint", "tcp://127.0.0.1:*", "--cert", certs.broker.secretPath, "--allowlist", certs.allowlist, "--metrics-endpoint", taken,
+        ], timeout: .seconds(20))
+        #expect(second.termination == .exited(1), "\(second.transcript)")
+        #expect(second.errorLines.count == 1 && second.errorLines[0].contains("cannot serve metrics on \(taken)"), "\(second.transcript)")
     }
 
     static func version(_ harness: ProcessHarness) async throws -> String {
