@@ -88,8 +88,14 @@ extension BrokerCore {
 
     /// One info line per job end (issue 13): what an operator greps for when a user asks
     /// "what happened to my job". Per job, never per fragment; nothing is built when info is off.
+    /// Each client key has a budget (``JobLineBudget``): beyond it lines are left out, counted in
+    /// the suppressed-lines figure, and the key's next line says how many.
     func logJobEnd(_ job: Job, outcome: String, code: FailureCode?) {
         guard logger.logLevel <= .info else { return }
+        guard let suppressed = job.owner.jobLines.admit(now: now) else {
+            counters.suppressedLogLines += 1
+            return
+        }
         let duration = Double(now &- job.openedAt) / 1e9
         var metadata: Logger.Metadata = [
             "job": "\(Self.shortJobID(job.key.jobID))", "client": "\(job.owner.name)", "service": "\(PeerText.escaped(job.service.name))",
@@ -97,11 +103,44 @@ extension BrokerCore {
             "seconds": "\((duration * 1000).rounded() / 1000)", "outcome": "\(outcome)",
         ]
         if let code { metadata["code"] = "\(code.rawValue)" }
+        if suppressed > 0 { metadata["suppressed"] = "\(suppressed)" }
         logger.info("job ended", metadata: metadata)
     }
 
     /// The first 8 hex digits of a job id: enough to tell jobs apart in a log, short enough to read.
     static func shortJobID(_ id: JobID) -> String {
         String("\(id)".prefix(8))
+    }
+}
+
+/// A token bucket for one key's job-end lines: a burst of ``burst`` lines, refilled at one line
+/// per ``refillInterval``. At 200-odd bytes a line, a key that ends jobs as fast as it can costs
+/// the log about 200 B/s, within the broker's bound for peer-caused lines (issue 10).
+struct JobLineBudget {
+    static let burst = 20
+    static let refillInterval: UInt64 = 1_000_000_000
+
+    private var tokens = JobLineBudget.burst
+    private var refilledAt: UInt64 = 0
+    private var suppressed = 0
+
+    /// nil when the line is to be left out; else how many were left out before it.
+    mutating func admit(now: UInt64) -> Int? {
+        if refilledAt == 0 { refilledAt = now }
+        let earned = now > refilledAt ? (now - refilledAt) / Self.refillInterval : 0
+        if earned >= UInt64(Self.burst) {
+            tokens = Self.burst
+            refilledAt = now
+        } else if earned > 0 {
+            tokens = min(Self.burst, tokens + Int(earned))
+            refilledAt += earned * Self.refillInterval
+        }
+        guard tokens > 0 else {
+            suppressed += 1
+            return nil
+        }
+        tokens -= 1
+        defer { suppressed = 0 }
+        return suppressed
     }
 }

@@ -246,7 +246,7 @@ public final class BrokerCore {
         copy.services = services.count
         copy.openJobs = jobs.count
         copy.endedJobsRemembered = endedJobs.count
-        copy.suppressedLogLines = log.suppressed
+        copy.suppressedLogLines = counters.suppressedLogLines + log.suppressed
         copy.workers = keys.values.filter { $0.connections.values.contains { $0.isWorker } }.count
         copy.clients = keys.values.filter { $0.connections.values.contains { !$0.isWorker } }.count
         return copy

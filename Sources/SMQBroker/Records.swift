@@ -24,6 +24,9 @@ public final class PeerKey {
     let logID: Int
     /// What this key holds as a client (PROTOCOL.md C36).
     var account = ClientAccount()
+    /// Its budget of per-job log lines (BrokerCore+Metrics.swift): a key that churns jobs cannot
+    /// flood the log (C41), one that runs a few per second gets every line.
+    var jobLines = JobLineBudget()
 
     init(serial: Int, entry: AllowlistEntry, role: PeerRole) {
         self.serial = serial

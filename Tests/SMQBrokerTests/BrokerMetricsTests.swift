@@ -137,4 +137,21 @@ final class RecordingTimer: TimerHandler, Sendable {
         #expect(names == ["echo"])
         #expect(object["truncated"] as? Bool == false)
     }
+
+    @Test func jobLinesFromOneKeyAreBoundedAndSayWhatWasLeftOut() {
+        let h = CoreHarness()
+        let client = h.client("churn")
+        for job in 1...100 {
+            h.submit(client, job: .n(UInt64(job)))
+            h.cancel(client, job: .n(UInt64(job)))
+        }
+        #expect(h.lines.messages.filter { $0 == "job ended" }.count == JobLineBudget.burst)
+        #expect(h.core.snapshot.suppressedLogLines >= 100 - JobLineBudget.burst)
+        h.clock += 5 * JobLineBudget.refillInterval
+        for job in 101...110 {
+            h.submit(client, job: .n(UInt64(job)))
+            h.cancel(client, job: .n(UInt64(job)))
+        }
+        #expect(h.lines.messages.filter { $0 == "job ended" }.count == JobLineBudget.burst + 5)
+    }
 }
