@@ -185,7 +185,7 @@ public final class BrokerCore {
         }
         counters.droppedConnections += 1
         // A client that closes with nothing open is a normal exit (issue 13): info, not a warning.
-        let normalExit = !connection.isWorker && connection.jobs.isEmpty && connection.outbox.isEmpty
+        let normalExit = !connection.isWorker && connection.key.role != .worker && connection.jobs.isEmpty && connection.outbox.isEmpty
         log.note(connection.isWorker ? .workerGone : .clientGone, key: connection.key.logID, level: normalExit ? .info : .warning,
                  normalExit ? "client disconnected" : "peer connection dropped", now: now,
                  ["key": "\(connection.key.fingerprint)", "name": "\(connection.key.name)",
