@@ -17,6 +17,7 @@ extension BrokerCore {
     public func admit(id: RoutingID, address: [UInt8], userID: String?, now: UInt64) -> PeerConnection? {
         self.now = now
         guard let userID, let publicKey = try? PublicKey(z85: userID) else {
+            counters.connectionsRefusedNoUserID += 1
             log.note(.unknownKey, key: 0, level: .error, "dropped a message without a ZAP User-Id", now: now)
             return nil
         }
@@ -40,6 +41,7 @@ extension BrokerCore {
             keys[publicKey] = key
         }
         guard key.connections.count < rules.maxConnectionsPerKey else {
+            counters.connectionsRefusedTooMany += 1
             log.note(.tooManyConnections, key: key.logID, level: .warning, "refused a connection: too many for one key", now: now,
                      ["key": "\(key.fingerprint)", "limit": "\(rules.maxConnectionsPerKey)"])
             _ = sink.send(ControlMessage.disconnect(reason: "too many connections for key \(key.fingerprint) (limit \(rules.maxConnectionsPerKey))").encoded(), to: address)
@@ -48,6 +50,7 @@ extension BrokerCore {
         let connection = makeConnection(id: id, address: address, key: key)
         connections[id] = connection
         key.connections[connection.serial] = connection
+        counters.connectionsAdmitted += 1
         log.note(.peerJoined, key: key.logID, level: .info, "peer joined", now: now, [
             "key": "\(key.fingerprint)", "name": "\(key.name)", "role": "\(key.role)", "weight": "\(key.entry.weight)",
         ])
@@ -192,7 +195,7 @@ extension BrokerCore {
             for fragment in held.sorted(by: { $0.index < $1.index }) where !fragment.isDead {
                 if charge {
                     fragment.suspect = true
-                    requeueOrFail(fragment, failedKey: connection.key.serial, reason: "worker \(connection.key.name) \(reason)")
+                    requeueOrFail(fragment, failedKey: connection.key.serial, reason: "worker \(connection.key.name) \(reason)", cause: .workerGone)
                 } else {
                     fragment.attempts -= 1
                     fragment.job.service.enqueue(fragment, now: now, retry: true)
@@ -215,6 +218,7 @@ extension BrokerCore {
                 activeClients[other.serial] = other
             } else {
                 counters.abandonedJobs += 1
+                logJobEnd(job, outcome: "abandoned", code: nil)
                 end(job, remember: false)
             }
         }

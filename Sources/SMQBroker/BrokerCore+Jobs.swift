@@ -56,6 +56,7 @@ extension BrokerCore {
             }
             let service = serviceQueue(serviceName)
             job = Job(key: jobKey, service: service, owner: client.key, count: header.count, totalLength: header.totalLength, replyTo: client)
+            job.openedAt = now
             jobs[jobKey] = job
             service.openJobs += 1
             client.key.account.openJobs += 1
@@ -88,6 +89,8 @@ extension BrokerCore {
     func cancel(_ jobID: JobID, from client: PeerConnection) {
         guard let job = jobs[JobKey(client: client.key.serial, jobID: jobID)] else { return }
         counters.failedJobs += 1
+        counters.failedJobsByCode[FailureCode.cancelled.rawValue, default: 0] += 1
+        logJobEnd(job, outcome: "cancelled", code: .cancelled)
         log.note(.cancel, key: client.key.logID, level: .debug, "job cancelled", now: now,
                  ["client": "\(client.key.fingerprint)", "job": "\(jobID)"])
         sendFailed(jobID: jobID, index: Message.wholeJobIndex, code: .cancelled, reason: "cancelled by the client", to: job.replyTo)
@@ -98,6 +101,8 @@ extension BrokerCore {
     /// fragments are dropped, its late results ignored, one FAILED is sent.
     func failJob(_ job: Job, index: UInt32, code: FailureCode, reason: String) {
         counters.failedJobs += 1
+        counters.failedJobsByCode[code.rawValue, default: 0] += 1
+        logJobEnd(job, outcome: "failed", code: code)
         log.note(.jobFailed, key: job.owner.logID, level: .notice, "job failed", now: now, [
             "client": "\(job.owner.fingerprint)", "job": "\(job.key.jobID)", "index": "\(index)",
             "code": "\(code.rawValue)", "reason": "\(reason)",
@@ -203,8 +208,10 @@ extension BrokerCore {
         }
         let cost = BrokerRules.cost(ofBody: Int(header.length))
         deliverResult(body, tag: connection.key.publicKey.tag, cost: cost, job: job)
+        recordResultLatency(fragment)
         if job.isComplete, !job.ended {
             counters.completedJobs += 1
+            logJobEnd(job, outcome: "completed", code: nil)
             // A completed job is not remembered (C30).
             forget(job)
         }
@@ -366,6 +373,8 @@ extension BrokerCore {
             // C47: what a client must know before it sends (a fragment over max-fragment makes
             // libzmq drop the connection, so the client could not even be told 413).
             code = "max-fragment=\(limits.maxFragment)"
+        } else if serviceName == "mmi.status" {
+            code = statusReport(for: client.key)
         }
         let body = Array(code.utf8)
         let result = FragmentHeader(jobID: header.jobID, index: 0, count: 1, offset: 0, totalLength: 0,

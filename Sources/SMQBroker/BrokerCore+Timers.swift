@@ -89,7 +89,7 @@ extension BrokerCore {
             expired.lastFailedKey = connection.key.serial
             finishDelivery(expired, from: connection)
             sendAway(connection, reason: "a delivery was held past the work lease (\(rules.workLease / 1_000_000_000) s)", charge: false)
-            requeueOrFail(expired, failedKey: connection.key.serial, reason: "worker \(connection.key.name) held it past the work lease")
+            requeueOrFail(expired, failedKey: connection.key.serial, reason: "worker \(connection.key.name) held it past the work lease", cause: .leaseExpired)
         }
     }
 }

@@ -7,19 +7,26 @@ import SMQProtocol
 extension BrokerCore {
     func ready(_ connection: PeerConnection, credit: UInt32, heartbeatMs: UInt32, service name: String) {
         guard connection.worker == nil else {
+            counters.readyRefused += 1
             sendAway(connection, reason: "a connection serves one service; READY was sent twice", charge: true)
             return
         }
         guard credit >= 1, ProtocolLimits.heartbeatMilliseconds.contains(heartbeatMs) else {
+            counters.readyRefused += 1
             sendAway(connection, reason: "READY needs credit ≥ 1 and heartbeat 100–60000 ms", charge: true)
             return
         }
         if name.hasPrefix("mmi.") {
+            counters.readyRefused += 1
             sendAway(connection, reason: "mmi.* services are the broker's own", charge: true)
             return
         }
         if !connection.key.allows(service: name) {
             counters.forbidden += 1
+            counters.readyRefused += 1
+            // Refused READYs were not logged (issue 13); rate-limited per key like every peer line.
+            log.note(.forbidden, key: connection.key.logID, level: .warning, "refused READY: service not allowed for this key", now: now,
+                     ["key": "\(connection.key.fingerprint)", "name": "\(connection.key.name)", "service": "\(PeerText.escaped(name))"])
             sendAway(connection, reason: "key \(connection.key.fingerprint) may not serve '\(name)'", charge: true)
             return
         }
@@ -105,6 +112,7 @@ extension BrokerCore {
         fragment.deliveryID = delivery
         fragment.worker = connection
         fragment.sentAt = now
+        if fragment.attempts == 0 { recordDispatchLatency(fragment) }
         fragment.attempts += 1
         fragment.wasSuspectWhenSent = fragment.suspect
         if fragment.suspect { state.suspects += 1 }
@@ -198,7 +206,7 @@ extension BrokerCore {
         if let service = connection.worker?.service, service !== fragment.job.service { dispatch(service) }
     }
 
-    func requeueOrFail(_ fragment: HeldFragment, failedKey: Int, reason: String) {
+    func requeueOrFail(_ fragment: HeldFragment, failedKey: Int, reason: String, cause: RequeueCause = .attemptFailed) {
         guard !fragment.isDead else { return }
         fragment.lastFailedKey = failedKey
         if fragment.attempts >= rules.maxDeliveries {
@@ -207,6 +215,11 @@ extension BrokerCore {
             return
         }
         counters.requeued += 1
+        switch cause {
+        case .workerGone: counters.requeuedWorkerGone += 1
+        case .leaseExpired: counters.requeuedLeaseExpired += 1
+        case .attemptFailed: counters.requeuedAttemptFailed += 1
+        }
         fragment.job.service.enqueue(fragment, now: now, retry: true)
         dispatch(fragment.job.service)
     }

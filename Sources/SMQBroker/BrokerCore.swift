@@ -1,3 +1,4 @@
+public import CoreMetrics
 public import Logging
 public import SMQKeys
 public import SMQProtocol
@@ -17,6 +18,10 @@ public final class BrokerCore {
     unowned(unsafe) var sink: any BrokerSink
     var log: PeerLog
     var counters = BrokerCounters()
+    /// SUBMIT → first dispatch and SUBMIT → RESULT, recorded once per fragment when set (the
+    /// daemon sets them when it serves metrics; see BrokerCore+Metrics.swift).
+    public var dispatchLatency: CoreMetrics.Timer?
+    public var resultLatency: CoreMetrics.Timer?
 
     var keys: [PublicKey: PeerKey] = [:]
     var connections: [RoutingID: PeerConnection] = [:]
@@ -179,8 +184,10 @@ public final class BrokerCore {
             return
         }
         counters.droppedConnections += 1
-        log.note(connection.isWorker ? .workerGone : .clientGone, key: connection.key.logID, level: .warning,
-                 "peer connection dropped", now: now,
+        // A client that closes with nothing open is a normal exit (issue 13): info, not a warning.
+        let normalExit = !connection.isWorker && connection.key.role != .worker && connection.jobs.isEmpty && connection.outbox.isEmpty
+        log.note(connection.isWorker ? .workerGone : .clientGone, key: connection.key.logID, level: normalExit ? .info : .warning,
+                 normalExit ? "client disconnected" : "peer connection dropped", now: now,
                  ["key": "\(connection.key.fingerprint)", "name": "\(connection.key.name)",
                   "role": "\(connection.isWorker ? "worker" : "client")"])
         remove(connection, reason: "dropped its connection", charge: true)
@@ -239,7 +246,7 @@ public final class BrokerCore {
         copy.services = services.count
         copy.openJobs = jobs.count
         copy.endedJobsRemembered = endedJobs.count
-        copy.suppressedLogLines = log.suppressed
+        copy.suppressedLogLines = counters.suppressedLogLines + log.suppressed
         copy.workers = keys.values.filter { $0.connections.values.contains { $0.isWorker } }.count
         copy.clients = keys.values.filter { $0.connections.values.contains { !$0.isWorker } }.count
         return copy

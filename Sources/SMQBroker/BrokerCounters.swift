@@ -48,5 +48,24 @@ public struct BrokerCounters: Sendable, Hashable {
     public var workers = 0
     public var clients = 0
 
+    // Issue 13 (metrics): the same in-place counters, split where an operator needs the cause.
+    /// Connections admitted (an allowlisted key's first message on a new routing id).
+    public var connectionsAdmitted = 0
+    /// First messages refused by the core: too many connections for one key, or no usable
+    /// `User-Id` (the ZAP handler's refusals are counted by the adapter).
+    public var connectionsRefusedTooMany = 0
+    public var connectionsRefusedNoUserID = 0
+    /// READY messages refused (a service the key may not serve, an `mmi.*` name, bad credit or
+    /// heartbeat, READY twice).
+    public var readyRefused = 0
+    /// Failed jobs by failure code (cancelled jobs count under their code too). Keys are few
+    /// (the codes): incrementing an existing key does not allocate.
+    public var failedJobsByCode: [UInt16: Int] = [:]
+    /// Requeues by cause: the worker's connection went (dead, dropped, sent away), the work
+    /// lease expired, or the attempt failed (a retryable REJECT, a result that did not match).
+    public var requeuedWorkerGone = 0
+    public var requeuedLeaseExpired = 0
+    public var requeuedAttemptFailed = 0
+
     public init() {}
 }

@@ -24,6 +24,9 @@ public final class PeerKey {
     let logID: Int
     /// What this key holds as a client (PROTOCOL.md C36).
     var account = ClientAccount()
+    /// Its budget of per-job log lines (BrokerCore+Metrics.swift): a key that churns jobs cannot
+    /// flood the log (C41), one that runs a few per second gets every line.
+    var jobLines = JobLineBudget()
 
     init(serial: Int, entry: AllowlistEntry, role: PeerRole) {
         self.serial = serial
@@ -170,6 +173,9 @@ final class Job {
     }
 
     var isComplete: Bool { doneCount == UInt64(count) }
+
+    /// When its first SUBMIT arrived (the per-job log line's duration).
+    var openedAt: UInt64 = 0
 }
 
 /// A fragment the broker holds: the SUBMIT exactly as received (an adapter handle), rewritten in
@@ -188,6 +194,8 @@ final class HeldFragment {
     var deliveryID: UInt64 = 0
     var worker: PeerConnection?
     var sentAt: UInt64 = 0
+    /// When its SUBMIT arrived (for the SUBMIT → dispatch and SUBMIT → RESULT histograms).
+    let submittedAt: UInt64
     var queued = false
     var wasSuspectWhenSent = false
     /// The key whose delivery last failed: the retry goes to another key when one is free.
@@ -202,6 +210,7 @@ final class HeldFragment {
         self.body = body
         self.cost = cost
         enqueuedAt = now
+        submittedAt = now
     }
 
     var isDead: Bool { body == nil || job.ended || job.doomed }

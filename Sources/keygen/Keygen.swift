@@ -20,6 +20,7 @@ struct Keygen: ParsableCommand {
               keygen derive certs/broker.key_secret
               keygen check certs/allowed
             """,
+        version: SecureMQVersion.current,
         subcommands: [New.self, Inspect.self, Derive.self, Check.self]
     )
 

@@ -4,6 +4,7 @@ import Logging
 import SecureMQ
 import SMQBroker
 import ServiceLifecycle
+import SMQProtocol
 import UnixSignals
 
 @main
@@ -17,7 +18,8 @@ struct SecureBroker: AsyncParsableCommand {
             allowed services come from its allowlist entry, never from what it sends. The allowlist is reloaded when \
             its files' contents change and on SIGHUP; a removed key loses its live connections' rights within \
             about one check interval. SIGTERM or SIGINT drains in-flight work, then exits 0.
-            """
+            """,
+        version: SecureMQVersion.current
     )
 
     @Option(name: .customLong("endpoint"), help: "Endpoint to bind; repeat for several. (default: tcp://*:5555)")
@@ -92,6 +94,12 @@ struct SecureBroker: AsyncParsableCommand {
     @Option(help: "Log level: trace, debug, info, notice, warning, error.")
     var logLevel: String = "info"
 
+    @Option(help: "Serve Prometheus metrics at http://HOST:PORT/metrics (an IPv4 address or localhost; port 0 picks one and logs it). Off by default; keep it on a private interface.")
+    var metricsEndpoint: String?
+
+    @Option(help: "Log format: text (one readable line per event) or json (one JSON object per line, for log shippers).")
+    var logFormat: String = "text"
+
     @Flag(help: "Load the secret certificate even if group/world can read it.")
     var allowInsecureSecret = false
 
@@ -102,6 +110,10 @@ struct SecureBroker: AsyncParsableCommand {
         guard (1...86_400).contains(statsInterval) else { throw ValidationError("--stats-interval must be 1–86400 seconds, got \(statsInterval)") }
         guard Logger.Level(rawValue: logLevel) != nil else {
             throw ValidationError("--log-level must be one of trace, debug, info, notice, warning, error, critical")
+        }
+        guard ["text", "json"].contains(logFormat) else { throw ValidationError("--log-format must be text or json, not '\(logFormat)'") }
+        if let metricsEndpoint, MetricsAddress(metricsEndpoint) == nil {
+            throw ValidationError("--metrics-endpoint must be HOST:PORT with an IPv4 address or localhost, such as 127.0.0.1:9464; got '\(metricsEndpoint)'")
         }
         _ = try makeConfiguration()
     }
@@ -161,7 +173,9 @@ struct SecureBroker: AsyncParsableCommand {
 
     func run() async throws {
         let level = Logger.Level(rawValue: logLevel) ?? .info
+        let json = logFormat == "json"
         LoggingSystem.bootstrap { label in
+            if json { return JSONLogHandler(label: label, level: level) }
             var handler = StreamLogHandler.standardError(label: label)
             handler.logLevel = level
             return handler
@@ -179,7 +193,11 @@ struct SecureBroker: AsyncParsableCommand {
             let certificate = try Certificate.load(path: cert, allowInsecurePermissions: allowInsecureSecret)
             let keyPair = try certificate.keyPair()
             let allowed = try Allowlist(directory: allowlist, logger: logger)
-            let service = BrokerService(statsInterval: .seconds(statsInterval), keyPair: keyPair, allowlist: allowed, configuration: configuration, logger: logger)
+            logger.info("secure-broker starting", metadata: [
+                "version": "\(SecureMQVersion.current)", "settings": "\(effectiveSettings(configuration))",
+            ])
+            let service = BrokerService(statsInterval: .seconds(statsInterval), keyPair: keyPair, allowlist: allowed, configuration: configuration,
+                                        metrics: metricsEndpoint.flatMap(MetricsAddress.init), logger: logger)
             let group = ServiceGroup(configuration: .init(
                 services: [.init(service: service)],
                 gracefulShutdownSignals: [.sigterm, .sigint],
@@ -198,10 +216,28 @@ struct BrokerService: Service {
     let keyPair: KeyPair
     let allowlist: Allowlist
     let configuration: BrokerConfiguration
+    let metrics: MetricsAddress?
     let logger: Logger
 
     func run() async throws {
         let broker = try await Broker.start(keyPair: keyPair, allowlist: allowlist, configuration: configuration, logger: logger)
+        var metricsTask: Task<Void, Never>?
+        if let metrics {
+            let publisher = BrokerMetricsPublisher()
+            let timers = publisher.latencyTimers()
+            await broker.recordLatencies(dispatch: timers.dispatch, result: timers.result)
+            let server = MetricsServer(address: metrics, publisher: publisher, broker: broker, logger: logger)
+            let logger = self.logger
+            metricsTask = Task {
+                do { try await server.run() } catch where !Task.isCancelled {
+                    // Asked for metrics and cannot serve them (the port is taken): stop, as nginx
+                    // does for a listen directive it cannot bind, rather than run unobserved.
+                    logger.error("metrics endpoint failed", metadata: ["endpoint": "\(metrics.host):\(metrics.port)", "error": "\(error)"])
+                    fail("cannot serve metrics on \(metrics.host):\(metrics.port): \(error)")
+                } catch {}
+            }
+        }
+        defer { metricsTask?.cancel() }
         logger.info("listening", metadata: [
             "endpoints": "\(broker.endpoints.joined(separator: " "))", "strategy": "\(configuration.strategy)",
             "key": "\(keyPair.publicKey.fingerprint)",
@@ -261,5 +297,30 @@ enum ByteSize {
             throw ValidationError("\(option) must be a positive size such as 262144, 256K or 1M; got '\(text)'")
         }
         return bytes
+    }
+}
+
+extension SecureBroker {
+    /// The settings in effect, in one line an operator can read and diff (no secret: the
+    /// certificate's path, never its contents).
+    func effectiveSettings(_ c: BrokerConfiguration) -> String {
+        [
+            "endpoints=\(c.endpoints.joined(separator: ","))", "cert=\(cert)", "allowlist=\(allowlist)", "strategy=\(c.strategy)",
+            "base-window=\(c.baseWindow)", "byte-budget=\(c.byteBudget)", "max-fragments=\(c.maxFragments)",
+            "max-fragment=\(c.maxFragmentSize)", "default-role=\(c.defaultRole)", "max-jobs=\(c.maxJobsPerClient)",
+            "max-ended-jobs=\(c.maxEndedJobs)", "max-connections-per-key=\(c.maxConnectionsPerKey)",
+            "service-timeout=\(Self.seconds(c.serviceTimeout))", "work-lease=\(Self.seconds(c.workLease))", "slow-client-timeout=\(Self.seconds(c.slowClientTimeout))",
+            "peer-hwm=\(c.peerHighWaterMark)", "max-outbox=\(c.maxOutbox)", "heartbeat=\(Self.seconds(c.heartbeatInterval))",
+            "liveness=\(c.liveness)", "max-deliveries=\(c.maxDeliveries)", "drain-timeout=\(Self.seconds(c.drainTimeout))",
+            "log-interval=\(Self.seconds(c.logInterval))", "stats-interval=\(statsInterval)s", "log-level=\(logLevel)", "log-format=\(logFormat)",
+            "metrics-endpoint=\(metricsEndpoint ?? "off")",
+        ].joined(separator: " ")
+    }
+
+    /// `2.5s`, not `2.5 seconds`: a settings line is split on spaces by people and tools.
+    static func seconds(_ duration: Duration) -> String {
+        let (seconds, attoseconds) = duration.components
+        let value = Double(seconds) + Double(attoseconds) / 1e18
+        return (value == value.rounded() ? "\(Int64(value))" : "\(value)") + "s"
     }
 }

@@ -8,21 +8,34 @@ import SecureMQ
 struct SMQ: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "smq",
-        abstract: "SecureMQ's client and worker tool: run a worker, submit a payload, run the demo.",
-        subcommands: [WorkerCommand.self, SubmitCommand.self, DemoCommand.self, BenchCommand.self]
+        abstract: "SecureMQ's client and worker tool: run a worker, submit a payload, check a broker, run the demo.",
+        version: SecureMQVersion.current,
+        subcommands: [WorkerCommand.self, SubmitCommand.self, PingCommand.self, StatusCommand.self, DemoCommand.self, BenchCommand.self]
     )
 }
 
 /// Where to find the broker and who we are: shared by `worker` and `submit`.
+/// A flag wins over its environment variable, which wins over the default (issue 13): set
+/// `SMQ_BROKER`, `SMQ_BROKER_KEY` and `SMQ_CERT` once instead of repeating three flags.
 struct PeerOptions: ParsableArguments {
-    @Option(help: "The broker's endpoint.")
-    var broker: String = "tcp://127.0.0.1:5555"
+    @Option(name: .customLong("broker"), help: "The broker's endpoint. (default: $SMQ_BROKER, else tcp://127.0.0.1:5555)")
+    var brokerFlag: String?
 
-    @Option(help: "The broker's public certificate.")
-    var brokerKey: String = "certs/broker.key"
+    @Option(name: .customLong("broker-key"), help: "The broker's public certificate. (default: $SMQ_BROKER_KEY, else certs/broker.key)")
+    var brokerKeyFlag: String?
 
-    @Option(help: "Our secret certificate (mode 0600); its public key must be on the broker's allowlist.")
-    var cert: String
+    @Option(name: .customLong("cert"), help: "Our secret certificate (mode 0600); its public key must be on the broker's allowlist. (default: $SMQ_CERT)")
+    var certFlag: String?
+
+    var broker: String { brokerFlag ?? Self.environment("SMQ_BROKER") ?? "tcp://127.0.0.1:5555" }
+    var brokerKey: String { brokerKeyFlag ?? Self.environment("SMQ_BROKER_KEY") ?? "certs/broker.key" }
+    var cert: String { certFlag ?? Self.environment("SMQ_CERT") ?? "" }
+
+    /// An environment variable, unless unset or empty.
+    static func environment(_ name: String) -> String? {
+        guard let value = ProcessInfo.processInfo.environment[name], !value.isEmpty else { return nil }
+        return value
+    }
 
     @Option(help: "Seconds to wait for the broker before giving up.")
     var connectTimeout: Double = 10
@@ -33,6 +46,7 @@ struct PeerOptions: ParsableArguments {
     func validate() throws {
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("--log-level must be trace, debug, info, notice, warning or error") }
         try OptionCheck.seconds(connectTimeout, option: "--connect-timeout")
+        guard !cert.isEmpty else { throw ValidationError("Missing expected argument '--cert <cert>' (or set SMQ_CERT to our secret certificate)") }
     }
 
     func load() throws -> (brokerKey: PublicKey, keyPair: KeyPair, logger: Logger) {

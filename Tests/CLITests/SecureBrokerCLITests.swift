@@ -16,6 +16,7 @@ let crashMarkers = ["Fatal error", "Stack dump", "Current stack trace", "backtra
         ("--max-fragments", "BUSY"), ("--max-ended-jobs", "410"), ("--max-connections-per-key", "DISCONNECT"),
         ("--work-lease", "requeued and charged"), ("--slow-client-timeout", "unread"), ("--peer-hwm", "ZMQ_SNDHWM"),
         ("--log-interval", "suppressed"), ("--max-outbox", "slow consumer"),
+        ("--metrics-endpoint", "Prometheus"), ("--log-format", "json"), ("--version", "version"),
     ]
 
     @Test(.timeLimit(.minutes(2)))

@@ -17,13 +17,16 @@ import SMQBroker
 public final class Broker: Sendable {
     /// The endpoints bound (ports resolved).
     public let endpoints: [String]
-    private let thread: SocketThread
-    private nonisolated(unsafe) let engine: BrokerEngine
+    let thread: SocketThread
+    nonisolated(unsafe) let engine: BrokerEngine
+    /// Its context: the ZAP handler's handshake counts (Broker+Metrics.swift).
+    let context: SecureContext
 
-    private init(endpoints: [String], thread: SocketThread, engine: BrokerEngine) {
+    private init(endpoints: [String], thread: SocketThread, engine: BrokerEngine, context: SecureContext) {
         self.endpoints = endpoints
         self.thread = thread
         self.engine = engine
+        self.context = context
     }
 
     deinit {
@@ -61,7 +64,7 @@ public final class Broker: Sendable {
                 thread.onStop { engine.close() }
                 return engine
             }
-            return Broker(endpoints: engine.server.endpoints, thread: thread, engine: engine)
+            return Broker(endpoints: engine.server.endpoints, thread: thread, engine: engine, context: context)
         } catch {
             thread.requestStop()
             throw error

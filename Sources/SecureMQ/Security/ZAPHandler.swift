@@ -38,6 +38,8 @@ final class ZAPHandler: @unchecked Sendable {
     struct Counters: Sendable {
         var allowed = 0
         var denied = 0
+        /// Of `denied`: refused for a mechanism other than CURVE (the rest: a key not on the allowlist).
+        var deniedNotCurve = 0
         var malformed = 0
     }
 
@@ -167,7 +169,7 @@ final class ZAPHandler: @unchecked Sendable {
             return malformed("unknown ZAP domain '\(shown)'", domain: shown, kind: .unknownDomain)
         }
         guard parts[5].bytes.elementsEqual("CURVE".utf8) else {
-            counters.withLock { $0.denied += 1 }
+            counters.withLock { $0.denied += 1; $0.deniedNotCurve += 1 }
             logRefusal(RefusalKey(domain: domain, kind: .notCurve, address: address), now: now, to: policy.logger, metadata: [
                 "address": "\(address)", "reason": "mechanism \(PeerText.escaped(parts[5].bytes)) is not CURVE",
             ])
