@@ -22,7 +22,7 @@ struct PingCommand: AsyncParsableCommand {
         let client: Client
         do {
             var options = Client.Options()
-            options.connection = peer.connectionOptions
+            options.connection = peer.connectionOptions()
             client = try await Client.connect(to: peer.broker, brokerKey: brokerKey, keyPair: keyPair, options: options, logger: logger)
         } catch {
             fail(describe(error))
@@ -63,7 +63,7 @@ struct StatusCommand: AsyncParsableCommand {
         let client: Client
         do {
             var options = Client.Options()
-            options.connection = peer.connectionOptions
+            options.connection = peer.connectionOptions()
             client = try await Client.connect(to: peer.broker, brokerKey: brokerKey, keyPair: keyPair, options: options, logger: logger)
         } catch {
             fail(describe(error))

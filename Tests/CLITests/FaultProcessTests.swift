@@ -96,13 +96,17 @@ struct FaultProcessTests {
     }
 
     @Test func stoppedWorkerLosesItsWorkAndItsLateResultsAreDiscarded() async throws {
-        let c = try await cluster("sigstop", workers: 2, workerArguments: ["--delay-ms", "20", "--credit", "4", "--heartbeat-ms", "200"])
+        // 40 ms per fragment, 4 at a time per worker: the 550 fragments after the 50th take about
+        // three seconds, so the stop lands mid-job on a loaded machine too (300 fragments at 20 ms
+        // were sometimes all done before it landed).
+        let c = try await cluster("sigstop", workers: 2, workerArguments: ["--delay-ms", "40", "--credit", "4", "--heartbeat-ms", "200"])
         defer { c.harness.tearDown() }
         let frozen = c.peers[0]
-        let payload = randomBytes(300 * 1024)
+        let payload = randomBytes(600 * 1024)
         let (submit, output) = try startSubmit(c.harness, c.certs, c.broker, c.client, payload: payload, name: "job")
         try await waitUntil("50 results") { fileSize(output) >= 50 * 1024 }
         c.workers[0].send(SIGSTOP)
+        #expect(fileSize(output) < payload.count && submit.isRunning, "the job ended before the worker was stopped: nothing was tested")
         // Silent for 3 × 200 ms: the broker gives its fragments to w2.
         try await c.broker.child.waitForLine(containing: "presumed dead", "key=\(frozen.fingerprint)")
         c.workers[0].resume()
