@@ -5,7 +5,7 @@ import SMQProtocol
 /// Workers and credit: registration, dispatch in scheduler order, the end of each delivery
 /// (result, reject, failure), charges and suspects.
 extension BrokerCore {
-    func ready(_ connection: PeerConnection, credit: UInt32, heartbeatMs: UInt32, service name: String) {
+    func ready(_ connection: PeerConnection, credit: UInt32, heartbeatMs: UInt32, service name: String, mdp: Bool = false) {
         guard connection.worker == nil else {
             sendAway(connection, reason: "a connection serves one service; READY was sent twice", charge: true)
             return
@@ -26,6 +26,7 @@ extension BrokerCore {
         let service = serviceQueue(name)
         let state = WorkerConnectionState(service: service, askedCredit: Int(min(credit, 100_000)),
                                           heartbeatInterval: UInt64(heartbeatMs) * 1_000_000, now: now)
+        state.mdp = mdp
         connection.worker = state
         activeWorkers[connection.serial] = connection
         activeClients[connection.serial] = nil
@@ -87,7 +88,7 @@ extension BrokerCore {
         let delivery = nextDeliveryID()
         var outcome = SendOutcome.full
         if state.pending.isEmpty {
-            outcome = sink.forward(body, as: .work, tag: delivery, keep: true, to: connection.address)
+            outcome = sendWork(fragment, body: body, delivery: delivery, to: connection)
         }
         fragment.deliveryID = delivery
         fragment.worker = connection
@@ -127,7 +128,7 @@ extension BrokerCore {
                 state.pending.removeFirst()
                 continue
             }
-            switch sink.forward(body, as: .work, tag: delivery, keep: true, to: connection.address) {
+            switch sendWork(fragment, body: body, delivery: delivery, to: connection) {
             case .sent:
                 state.pending.removeFirst()
             case .full:

@@ -207,7 +207,7 @@ final class ServiceQueue {
                 continue
             }
             if (fragment.suspect && holdsSuspect) || (fragment.lastFailedKey == slot.key.serial && othersFree)
-                || fragment.job.owner.account.isBlocked {
+                || fragment.job.owner.account.isBlocked || !BrokerCore.canTake(fragment, connection) {
                 position += 1
                 continue
             }
@@ -240,7 +240,8 @@ final class ServiceQueue {
                 clientOrder.remove(at: position)
                 continue
             }
-            if !queue.owner.account.isBlocked, best == nil || queue.finish < best!.finish {
+            if !queue.owner.account.isBlocked, best == nil || queue.finish < best!.finish,
+               let head = queue.fragments.first, BrokerCore.canTake(head, connection) {
                 best = queue
                 bestPosition = position
             }
