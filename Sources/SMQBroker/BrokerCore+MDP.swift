@@ -28,9 +28,13 @@ extension BrokerCore {
             return
         }
         guard !connection.gone else { return }
-        guard connection.speaksMDP else {
-            receiveMDPMalformed(MDP.ParseError("a 7/MDP message on an SMQ/1 connection"), from: connection, now: now)
-            return
+        if !connection.speaksMDP {
+            guard connection.holdsNothing else {
+                receiveMDPMalformed(MDP.ParseError("a 7/MDP message on an SMQ/1 connection that holds work"), from: connection, now: now)
+                return
+            }
+            // Nothing depends on its protocol yet (a first message that was garbage): it speaks MDP now.
+            connection.speaksMDP = true
         }
         connection.lastSeen = now
         switch message {
@@ -87,6 +91,11 @@ extension BrokerCore {
         }
         if draining {
             mdpNoReply(client, "the broker is draining (SMQ/1: FAILED 503)")
+            return
+        }
+        if frames > 1, !(services[name]?.hasMDPWorker ?? false) {
+            // Several frames go only to MDP workers (C51): none now, so it would block its client's queue.
+            mdpNoReply(client, "a request of \(frames) frames, and no MDP worker serves '\(name)' (SMQ/1: FAILED 404)")
             return
         }
         guard bodyBytes <= rules.maxFragment else {
@@ -271,7 +280,7 @@ extension BrokerCore {
         guard !mdpClients.isEmpty else { return }
         let silence = rules.heartbeatInterval &* UInt64(rules.liveness)
         for (serial, client) in mdpClients {
-            if client.gone || client.worker != nil {
+            if client.gone || client.worker != nil || !client.speaksMDP {
                 mdpClients[serial] = nil
             } else if client.jobs.isEmpty, now &- client.lastSeen > silence {
                 mdpClients[serial] = nil
@@ -279,4 +288,14 @@ extension BrokerCore {
             }
         }
     }
+}
+
+extension PeerConnection {
+    /// No work, jobs or replies depend on it: its protocol may still change (C50).
+    var holdsNothing: Bool { worker == nil && jobs.isEmpty && outbox.isEmpty }
+}
+
+extension ServiceQueue {
+    /// Whether an MDP worker serves it now (the only ones that take several body frames: C51).
+    var hasMDPWorker: Bool { workers.values.contains { $0.connections.contains { $0.worker?.mdp == true } } }
 }

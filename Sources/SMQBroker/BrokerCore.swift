@@ -90,8 +90,11 @@ public final class BrokerCore {
         }
         guard !connection.gone else { return }
         if connection.speaksMDP {
-            receiveMDPMalformed(MDP.ParseError("an SMQ/1 message on a 7/MDP connection"), from: connection, now: now)
-            return
+            guard connection.holdsNothing else {
+                receiveMDPMalformed(MDP.ParseError("an SMQ/1 message on a 7/MDP connection that holds work"), from: connection, now: now)
+                return
+            }
+            connection.speaksMDP = false
         }
         connection.lastSeen = now
         switch message {
