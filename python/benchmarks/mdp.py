@@ -76,17 +76,18 @@ def main() -> None:
         return certs / f"{name}.key_secret"
 
     broker_secret, client_secret, worker_secret = key("broker"), key("client", "client"), key("worker", "worker")
+    log = open(root / "broker.log", "w")
     broker = subprocess.Popen([str(bins / "secure-broker"), "--endpoint", "tcp://127.0.0.1:*", "--cert", str(broker_secret),
-                               "--allowlist", str(certs / "allowed"), "--log-level", "warning"],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                               "--allowlist", str(certs / "allowed"), "--log-level", "info"],
+                              stdout=log, stderr=subprocess.STDOUT)
     procs = [broker]
     try:
         endpoint = ""
         deadline = time.monotonic() + 20
-        while not endpoint and time.monotonic() < deadline and broker.stdout:
-            line = broker.stdout.readline()
-            match = re.search(r"endpoints=(tcp://127\.0\.0\.1:\d+)", line)
+        while not endpoint and time.monotonic() < deadline and broker.poll() is None:
+            match = re.search(r"endpoints=(tcp://127\.0\.0\.1:\d+)", (root / "broker.log").read_text())
             endpoint = match.group(1) if match else ""
+            time.sleep(0.05)  # polling a log file for the broker's first line, with a deadline
         if not endpoint:
             raise SystemExit("Error: secure-broker did not say where it listens within 20 s")
         broker_public = certs / "broker.key"
