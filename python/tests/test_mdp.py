@@ -252,6 +252,11 @@ def test_smq_client_served_by_an_mdp_worker(deployment: Deployment, mdp: MDPWorl
     assert done.returncode == 0, done.stdout + done.stderr
     assert output.read_bytes() == payload.upper()
     assert hashlib.sha256(output.read_bytes()).digest() == hashlib.sha256(payload.upper()).digest()
+    # Each fragment of a larger SMQ/1 job is one request to the MDP worker (C51).
+    output.unlink()
+    done = deployment.smq_submit(client_key, source, "upper", "--fragment-size", "100", "--output", str(output))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert output.read_bytes() == payload.upper()
 
 
 def test_mdp_requests_count_towards_max_jobs(deployment: Deployment, mdp: MDPWorld) -> None:
