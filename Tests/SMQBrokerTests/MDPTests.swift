@@ -360,4 +360,25 @@ struct MDPCoreTests {
         h.request(restricted)
         #expect(h.core.snapshot.forbidden == 1 && h.core.snapshot.openJobs == 0)
     }
+
+    @Test("an MDP client with requests open is never dropped for silence; idle, it is forgotten (C54)")
+    func idleClientsForgotten() {
+        var rules = BrokerRules.small
+        rules.heartbeatInterval = 1_000_000_000
+        let h = MDPHarness(rules: rules)
+        let w = h.worker()
+        let c = h.connect(role: "client")
+        h.request(c)
+        h.advance(seconds: 5)
+        #expect(!c.gone, "waiting for its reply, an MDP client cannot PING")
+        h.reply(w, delivery: h.requests[0].delivery, [[1]])
+        #expect(h.replies(to: c).count == 1)
+        for _ in 0..<4 {
+            h.send([[], workerHeader, [4]], from: w)  // the worker heartbeats; the idle client says nothing
+            h.advance(seconds: 1)
+        }
+        #expect(c.gone)
+        #expect(h.core.connection(for: c.id) == nil)
+        #expect(!w.gone)
+    }
 }
