@@ -14,7 +14,9 @@ extension BrokerCore {
     ///   - now: The time.
     /// - Returns: The new connection, or nil when the message is to be dropped (no or an unknown
     ///   key, a revoked key — told once with DISCONNECT —, too many connections of one key).
-    public func admit(id: RoutingID, address: [UInt8], userID: String?, now: UInt64) -> PeerConnection? {
+    ///   - mdp: The message is 7/MDP: the connection speaks MDP, and a refusal sends nothing
+    ///     (an SMQ/1 DISCONNECT would be garbage to an MDP peer).
+    public func admit(id: RoutingID, address: [UInt8], userID: String?, now: UInt64, mdp: Bool = false) -> PeerConnection? {
         self.now = now
         guard let userID, let publicKey = try? PublicKey(z85: userID) else {
             counters.connectionsRefusedNoUserID += 1
@@ -29,7 +31,7 @@ extension BrokerCore {
                 log.note(.revokedMessage, key: 0, level: .warning, "dropping messages from a key not on the allowlist", now: now,
                          ["key": "\(publicKey.fingerprint)"])
             }
-            _ = sink.send(ControlMessage.disconnect(reason: "key revoked").encoded(), to: address)
+            if !mdp { _ = sink.send(ControlMessage.disconnect(reason: "key revoked").encoded(), to: address) }
             return nil
         }
         let key: PeerKey
@@ -44,10 +46,13 @@ extension BrokerCore {
             counters.connectionsRefusedTooMany += 1
             log.note(.tooManyConnections, key: key.logID, level: .warning, "refused a connection: too many for one key", now: now,
                      ["key": "\(key.fingerprint)", "limit": "\(rules.maxConnectionsPerKey)"])
-            _ = sink.send(ControlMessage.disconnect(reason: "too many connections for key \(key.fingerprint) (limit \(rules.maxConnectionsPerKey))").encoded(), to: address)
+            if !mdp {
+                _ = sink.send(ControlMessage.disconnect(reason: "too many connections for key \(key.fingerprint) (limit \(rules.maxConnectionsPerKey))").encoded(), to: address)
+            }
             return nil
         }
         let connection = makeConnection(id: id, address: address, key: key)
+        connection.speaksMDP = mdp
         connections[id] = connection
         key.connections[connection.serial] = connection
         counters.connectionsAdmitted += 1
@@ -162,7 +167,7 @@ extension BrokerCore {
 
     /// DISCONNECT, then forget the connection.
     func sendAway(_ connection: PeerConnection, reason: String, charge: Bool) {
-        _ = sink.send(ControlMessage.disconnect(reason: Reason.truncated(reason)).encoded(), to: connection.address)
+        sendDisconnect(reason, to: connection)
         remove(connection, reason: reason, charge: charge)
     }
 

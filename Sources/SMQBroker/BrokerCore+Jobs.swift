@@ -221,8 +221,9 @@ extension BrokerCore {
 
     /// Sends a RESULT, or keeps it in the client's outbox when its pipe is full; while an outbox
     /// holds anything, the client's work is not dispatched (C36).
-    private func deliverResult(_ body: AnyObject, tag: UInt64, cost: Int, job: Job) {
+    func deliverResult(_ body: AnyObject, tag: UInt64, cost: Int, job: Job) {
         let client = job.replyTo
+        if client.speaksMDP { return deliverMDPResult(body, job: job) }
         if client.outbox.isEmpty {
             switch sink.forward(body, as: .result, tag: tag, keep: false, to: client.address) {
             case .sent:
@@ -330,11 +331,13 @@ extension BrokerCore {
     }
 
     func sendFailed(jobID: JobID, index: UInt32, code: FailureCode, reason: String, to client: PeerConnection) {
+        if client.speaksMDP { return mdpNoReply(client, "FAILED \(code.rawValue): \(reason)") }
         sendControl(ControlMessage.failed(jobID: jobID, index: index, code: code, reason: Reason.truncated(reason)).encoded(), to: client)
     }
 
     func sendBusy(jobID: JobID, index: UInt32, to client: PeerConnection) {
         counters.busy += 1
+        if client.speaksMDP { return mdpNoReply(client, "BUSY: the byte budget or a limit is full") }
         sendControl(ControlMessage.busy(jobID: jobID, index: index, retryAfterMilliseconds: rules.busyRetryAfterMilliseconds).encoded(), to: client)
     }
 

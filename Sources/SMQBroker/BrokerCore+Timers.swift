@@ -12,7 +12,9 @@ extension BrokerCore {
         if hasFullPipes { retryFullPipes(now: now) }
         for connection in Array(activeWorkers.values) where !connection.gone {
             guard let state = connection.worker else { continue }
-            if now &- connection.lastSeen > state.heartbeatInterval &* UInt64(rules.liveness) {
+            // An MDP worker cannot heartbeat while it handles a request: busy, only the work
+            // lease bounds it (C52).
+            if !(state.mdp && state.inFlight > 0), now &- connection.lastSeen > state.heartbeatInterval &* UInt64(rules.liveness) {
                 counters.deadWorkers += 1
                 log.note(.workerGone, key: connection.key.logID, level: .warning, "worker silent; presumed dead", now: now, [
                     "key": "\(connection.key.fingerprint)", "name": "\(connection.key.name)", "inFlight": "\(state.inFlight)",
@@ -22,7 +24,8 @@ extension BrokerCore {
             }
             if now &- state.lastHeartbeatSent >= state.heartbeatInterval {
                 state.lastHeartbeatSent = now
-                if sink.send(heartbeat, to: connection.address) == .gone {
+                let outcome = state.mdp ? sink.sendMDP(MDP.heartbeatFrames, to: connection.address) : sink.send(heartbeat, to: connection.address)
+                if outcome == .gone {
                     remove(connection, reason: "unreachable", charge: true)
                 }
             }
@@ -43,7 +46,8 @@ extension BrokerCore {
                     continue
                 }
             }
-            if !client.gone, !client.jobs.isEmpty, now &- client.lastSeen > silence {
+            // MDP clients have no PING: their requests end by result, lease or service timeout.
+            if !client.gone, !client.speaksMDP, !client.jobs.isEmpty, now &- client.lastSeen > silence {
                 log.note(.clientGone, key: client.key.logID, level: .warning, "client silent; dropping its jobs", now: now,
                          ["key": "\(client.key.fingerprint)", "name": "\(client.key.name)"])
                 remove(client, reason: "went silent", charge: false)
@@ -62,6 +66,7 @@ extension BrokerCore {
             service.purgeEmptyQueues()
             forgetIfIdle(service)
         }
+        expireIdleMDPClients()
         endedJobs.expire(now: now)
         log.flush(now: now)
     }

@@ -5,7 +5,7 @@ import SMQProtocol
 /// Workers and credit: registration, dispatch in scheduler order, the end of each delivery
 /// (result, reject, failure), charges and suspects.
 extension BrokerCore {
-    func ready(_ connection: PeerConnection, credit: UInt32, heartbeatMs: UInt32, service name: String) {
+    func ready(_ connection: PeerConnection, credit: UInt32, heartbeatMs: UInt32, service name: String, mdp: Bool = false) {
         guard connection.worker == nil else {
             counters.readyRefused += 1
             sendAway(connection, reason: "a connection serves one service; READY was sent twice", charge: true)
@@ -33,6 +33,7 @@ extension BrokerCore {
         let service = serviceQueue(name)
         let state = WorkerConnectionState(service: service, askedCredit: Int(min(credit, 100_000)),
                                           heartbeatInterval: UInt64(heartbeatMs) * 1_000_000, now: now)
+        state.mdp = mdp
         connection.worker = state
         activeWorkers[connection.serial] = connection
         activeClients[connection.serial] = nil
@@ -101,13 +102,13 @@ extension BrokerCore {
         let delivery = nextDeliveryID()
         var outcome = SendOutcome.full
         if state.pending.isEmpty {
-            if fragment.deadline != 0 {
+            if fragment.deadline != 0, connection.worker?.mdp != true {
                 // C45: the worker learns the time left just before the WORK (advisory: a WORK
-                // that waits for a full pipe goes without it).
+                // that waits for a full pipe goes without it; an MDP worker has no such command).
                 let left = UInt32(clamping: (fragment.deadline &- min(now, fragment.deadline)) / 1_000_000)
                 _ = sink.send(ControlMessage.deadline(deliveryID: delivery, timeLeftMilliseconds: max(1, left)).encoded(), to: connection.address)
             }
-            outcome = sink.forward(body, as: .work, tag: delivery, keep: true, to: connection.address)
+            outcome = sendWork(fragment, body: body, delivery: delivery, to: connection)
         }
         fragment.deliveryID = delivery
         fragment.worker = connection
@@ -149,7 +150,7 @@ extension BrokerCore {
                 state.pending.removeFirst()
                 continue
             }
-            switch sink.forward(body, as: .work, tag: delivery, keep: true, to: connection.address) {
+            switch sendWork(fragment, body: body, delivery: delivery, to: connection) {
             case .sent:
                 state.pending.removeFirst()
             case .full:

@@ -41,6 +41,8 @@ public final class BrokerCore {
     var holdingClients = 0
     /// Worker connections with deliveries waiting for their pipe.
     var waitingWorkers: [UInt64: PeerConnection] = [:]
+    /// MDP client connections, forgotten when idle (BrokerCore+MDP.swift, C54).
+    var mdpClients: [UInt64: PeerConnection] = [:]
     public private(set) var draining = false
     var now: UInt64 = 0
     var lastLeaseCheck: UInt64 = 0
@@ -92,6 +94,13 @@ public final class BrokerCore {
             return
         }
         guard !connection.gone else { return }
+        if connection.speaksMDP {
+            guard connection.holdsNothing else {
+                receiveMDPMalformed(MDP.ParseError("an SMQ/1 message on a 7/MDP connection that holds work"), from: connection, now: now)
+                return
+            }
+            connection.speaksMDP = false
+        }
         connection.lastSeen = now
         switch message {
         case .submit(let fragment):
@@ -235,7 +244,9 @@ public final class BrokerCore {
     /// Sends DISCONNECT to every connection (the broker is shutting down).
     public func disconnectAll(reason: String) {
         let bytes = ControlMessage.disconnect(reason: Reason.truncated(reason)).encoded()
-        for connection in connections.values { _ = sink.send(bytes, to: connection.address) }
+        for connection in connections.values {
+            if connection.speaksMDP { sendDisconnect(reason, to: connection) } else { _ = sink.send(bytes, to: connection.address) }
+        }
     }
 
     /// The counters, with what is held now.

@@ -6,6 +6,7 @@ enum LogKind: UInt8 {
     case malformed, strayResult, mismatchedResult, cancel, jobFailed, revokedMessage, roleViolation
     case duplicateSubmit, userIDMismatch, workerGone, clientGone, peerJoined, peerLeft, busy, forbidden
     case tooManyConnections, unknownKey, workerReady
+    case mdpNoReply
 }
 
 struct LogKey: Hashable {

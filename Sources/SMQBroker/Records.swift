@@ -78,6 +78,8 @@ public final class PeerConnection {
     /// When its outbox last stopped moving (0 while it is empty).
     var outboxStuckSince: UInt64 = 0
     var gone = false
+    /// Admitted with a 7/MDP message: it speaks only 7/MDP (PROTOCOL.md §7, C50).
+    public internal(set) var speaksMDP = false
 
     init(serial: UInt64, id: RoutingID, address: [UInt8], key: PeerKey, now: UInt64) {
         self.serial = serial
@@ -105,6 +107,8 @@ final class WorkerConnectionState {
     /// Deliveries its pipe could not take yet, in order: in flight (they count against its
     /// credit and their lease runs), sent as the pipe drains. Bounded by its credit.
     var pending: Deque<(fragment: HeldFragment, delivery: UInt64)> = []
+    /// An MDPW01 worker: credit 1, MDP frames, not expired on silence while busy (C52).
+    var mdp = false
 
     init(service: ServiceQueue, askedCredit: Int, heartbeatInterval: UInt64, now: UInt64) {
         self.service = service
@@ -203,6 +207,9 @@ final class HeldFragment {
     /// Counted in its client's in-flight fragments of the service (``ServiceQueue``'s dispatch
     /// order): set when delivered, cleared when the delivery ends, so it is counted once.
     var countedInFlight = false
+    /// 0: the body is an SMQ/1 SUBMIT; n ≥ 1: an MDP request of n body frames (more than one
+    /// goes to MDP workers only: C51).
+    var mdpFrames = 0
 
     init(job: Job, index: UInt32, body: AnyObject, cost: Int, now: UInt64) {
         self.job = job

@@ -229,7 +229,7 @@ final class ServiceQueue {
                 continue
             }
             if (fragment.suspect && holdsSuspect) || (fragment.lastFailedKey == slot.key.serial && othersFree)
-                || fragment.job.owner.account.isBlocked {
+                || fragment.job.owner.account.isBlocked || !BrokerCore.canTake(fragment, connection) {
                 position += 1
                 continue
             }
@@ -267,7 +267,7 @@ final class ServiceQueue {
                 clientOrder.remove(at: position)
                 continue
             }
-            if !queue.owner.account.isBlocked {
+            if !queue.owner.account.isBlocked, let head = queue.fragments.first, BrokerCore.canTake(head, connection) {
                 let inFlight = clientInFlight[client] ?? 0
                 if best == nil || inFlight < bestInFlight || (inFlight == bestInFlight && queue.finish < best!.finish) {
                     best = queue

@@ -22,7 +22,7 @@ final class BrokerEngine: BrokerSink {
     /// Reused for every routing-id frame; bodies get a message of their own (the core may keep them).
     private let routingFrame = ZMQMessage()
     private var spareBody: ZMQMessage?
-    private let sendScratch = ZMQMessage()
+    let sendScratch = ZMQMessage()
     private var monitor: SocketMonitor?
     private let heartbeat = ControlMessage.heartbeat.encoded()
     let limits: ProtocolLimits
@@ -58,7 +58,15 @@ final class BrokerEngine: BrokerSink {
     func probePeers() {
         let now = Self.now
         for connection in core.allConnections {
-            if send(heartbeat, to: connection.address) == .gone { core.connectionGone(connection, now: now) }
+            let outcome: SendOutcome
+            if connection.speaksMDP {
+                // An MDP client has no message it would not misread; it is forgotten when idle (C54).
+                guard core.isMDPWorker(connection) else { continue }
+                outcome = sendMDP(MDP.heartbeatFrames, to: connection.address)
+            } else {
+                outcome = send(heartbeat, to: connection.address)
+            }
+            if outcome == .gone { core.connectionGone(connection, now: now) }
         }
     }
 
@@ -85,6 +93,11 @@ final class BrokerEngine: BrokerSink {
                 return
             }
             let now = Self.now
+            if body.hasMore && body.count == 0 {
+                // An empty first frame is the delimiter of 7/MDP (§7).
+                receiveMDP(routing: routingFrame, first: body, now: now)
+                continue
+            }
             if body.hasMore {
                 // SMQ/1 messages are one frame: read the rest and drop it all.
                 let rest = ZMQMessage()
@@ -112,7 +125,7 @@ final class BrokerEngine: BrokerSink {
 
     /// The connection a message came on. `User-Id` is compared with the connection's key on
     /// every message (a `strcmp`, no allocation); a mismatch ends the registration (C34).
-    private func connection(_ routing: ZMQMessage, _ body: ZMQMessage, now: UInt64) -> PeerConnection? {
+    func connection(_ routing: ZMQMessage, _ body: ZMQMessage, now: UInt64, mdp: Bool = false) -> PeerConnection? {
         let id = RoutingID(routing.bytes)
         if let connection = core.connection(for: id) {
             if core.isRevoked(connection) { return connection }  // the core drops it, quietly
@@ -126,7 +139,7 @@ final class BrokerEngine: BrokerSink {
             }
             return connection
         }
-        return core.admit(id: id, address: Array(routing.bytes), userID: body.property("User-Id"), now: now)
+        return core.admit(id: id, address: Array(routing.bytes), userID: body.property("User-Id"), now: now, mdp: mdp)
     }
 
     // MARK: BrokerSink
@@ -162,13 +175,13 @@ final class BrokerEngine: BrokerSink {
     /// after it emptied. So a full pipe is believed only after a `ZMQ_EVENTS` query has processed
     /// the pending commands and one more try failed. (The retry touches the socket again, so the
     /// thread's loop still asks `ZMQ_EVENTS` before it sleeps.)
-    private func sendAddress(_ address: [UInt8]) throws(SecureMQError) -> Bool {
+    func sendAddress(_ address: [UInt8]) throws(SecureMQError) -> Bool {
         if try server.socket.send(address, more: true) { return true }
         _ = server.socket.hasMessage
         return try server.socket.send(address, more: true)
     }
 
-    private func outcome(of error: SecureMQError) -> SendOutcome {
+    func outcome(of error: SecureMQError) -> SendOutcome {
         if error.errno == EAGAIN { return .full }
         if error.errno != EHOSTUNREACH { logger.error("send failed", metadata: ["error": "\(error)"]) }
         return .gone
