@@ -1,2 +1,3 @@
 @_exported public import SMQKeys
 @_exported public import SMQProtocol
+@_exported public import SMQBroker
