@@ -77,10 +77,14 @@ final class BrokerEngine: BrokerSink {
         defer {
             // Results that found a client's pipe full wait in its outbox and hold back its work.
             // Under load the broker wakes here far more often than the retry timer fires, so try
-            // them now: libzmq has had a batch's time to move their pipes (1 KiB requests ran
-            // 15 % slower with a timer-only retry at --peer-hwm 32). A client that never reads
-            // costs one failed send per wake, not a loop.
-            if core.hasFullPipes { _ = core.retryFullPipes(now: Self.now) }
+            // them now (1 KiB requests ran 15 % slower with a timer-only retry at --peer-hwm 32),
+            // but at most every 250 µs: a retry walks every blocked connection, and a peer that
+            // sends one message per wake must not buy one pass over them per message.
+            let now = Self.now
+            if core.hasFullPipes, now &- lastReadRetry >= 250_000 {
+                lastReadRetry = now
+                _ = core.retryFullPipes(now: now)
+            }
             scheduleFlush()
         }
         for _ in 0..<4096 {
@@ -204,6 +208,7 @@ final class BrokerEngine: BrokerSink {
     // MARK: timers and lifecycle
 
     private var flushScheduled = false
+    private var lastReadRetry: UInt64 = 0
     private var flushDelay: Duration = .milliseconds(1)
 
     /// While results wait in outboxes (or a worker's pipe was full), try again soon: 1 ms after a flush that moved
