@@ -1,4 +1,5 @@
 public import Logging
+import Synchronization
 import SMQProtocol
 
 /// Where a fragment belongs: its job, its place, its service.
@@ -94,6 +95,8 @@ public final class Worker: Sendable {
     private let thread: SocketThread
     private nonisolated(unsafe) let engine: WorkerEngine
     public let service: String
+    /// ``processed()`` as it stood when the worker closed: the engine's thread is gone after that.
+    private let processedAtClose = Mutex<Int?>(nil)
 
     private init(thread: SocketThread, engine: WorkerEngine, service: String) {
         self.thread = thread
@@ -192,16 +195,22 @@ public final class Worker: Sendable {
         if let failure = ending ?? nil { throw failure }
     }
 
-    /// Fragments this worker has answered (results and rejections).
+    /// Fragments this worker has answered (results and rejections), also after ``close()``.
     public func processed() async -> Int {
+        if let count = processedAtClose.withLock({ $0 }) { return count }
         let box = UncheckedBox(engine)
-        return (try? await thread.run { () throws(SecureMQError) in box.value.processed }) ?? 0
+        let count = try? await thread.run { () throws(SecureMQError) in box.value.processed }
+        return count ?? processedAtClose.withLock { $0 } ?? 0
     }
 
     /// Leaves the service (DISCONNECT) and closes; `run` returns once running handlers finish.
     public func close() async {
         let box = UncheckedBox(engine)
-        _ = try? await thread.run { () throws(SecureMQError) in box.value.leave() }
+        let count = try? await thread.run { () throws(SecureMQError) in
+            box.value.leave()
+            return box.value.processed
+        }
+        if let count { processedAtClose.withLock { $0 = count } }
         await thread.shutdown()
     }
 }
