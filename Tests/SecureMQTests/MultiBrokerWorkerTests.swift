@@ -1,0 +1,269 @@
+import Testing
+import Synchronization
+import Logging
+import InMemoryLogging
+@testable import SecureMQ
+
+/// Workers that serve several brokers at once (issue 12, PROTOCOL.md C56–C57): in-process
+/// brokers on 127.0.0.1, one allowlist for all of them, real CURVE connections.
+@Suite(.timeLimit(.minutes(2)))
+struct MultiBrokerWorkerTests {
+    /// Keys for one worker and one client, allowed by every broker the test starts.
+    final class Brokers: @unchecked Sendable {
+        let context = SecureContext()
+        let workerKeys = KeyPair.generate()
+        let clientKeys = KeyPair.generate()
+        let allowlist: Allowlist
+        private(set) var started: [Broker] = []
+
+        init() throws {
+            allowlist = Allowlist(entries: [
+                try AllowlistEntry(certificate: Certificate(publicKey: workerKeys.publicKey,
+                    metadata: CertificateMetadata(validating: [("name", "w1"), ("role", "worker")]))),
+                try AllowlistEntry(certificate: Certificate(publicKey: clientKeys.publicKey,
+                    metadata: CertificateMetadata(validating: [("name", "c1"), ("role", "client")]))),
+            ])
+        }
+
+        /// Starts a broker with `keys` on `endpoint` (a free port by default).
+        func start(_ keys: KeyPair = KeyPair.generate(), endpoint: String = "tcp://127.0.0.1:*",
+                   configure: (inout BrokerConfiguration) -> Void = { _ in }) async throws -> (Broker, BrokerAddress) {
+            var configuration = BrokerConfiguration()
+            configuration.endpoints = [endpoint]
+            configuration.drainTimeout = .milliseconds(100)
+            configure(&configuration)
+            let broker = try await Broker.start(keyPair: keys, allowlist: allowlist, configuration: configuration,
+                                                context: context, logger: Logger(label: "broker") { _ in SwiftLogNoOpLogHandler() })
+            started.append(broker)
+            return (broker, BrokerAddress(broker.endpoints[0], key: keys.publicKey))
+        }
+
+        func client(_ address: BrokerAddress) async throws -> Client {
+            var options = Client.Options()
+            options.fragmentSize = 64
+            return try await Client.connect(to: address.endpoint, brokerKey: address.publicKey, keyPair: clientKeys,
+                                            options: options, context: context)
+        }
+
+        func worker(_ addresses: [BrokerAddress], credit: Int = 8, logger: Logger = Logger(label: "worker") { _ in SwiftLogNoOpLogHandler() },
+                    configure: (inout Worker.Options) -> Void = { _ in }) async throws(SecureMQError) -> Worker {
+            var options = Worker.Options()
+            options.credit = credit
+            options.heartbeatInterval = .milliseconds(200)
+            configure(&options)
+            return try await Worker.connect(to: addresses, keyPair: workerKeys, service: "echo", options: options,
+                                            context: context, logger: logger)
+        }
+
+        func stopAll() async {
+            for broker in started { await broker.shutdown() }
+        }
+    }
+
+    @Test func aWorkerGetsWorkFromEveryBroker() async throws {
+        let brokers = try Brokers()
+        let (a, addressA) = try await brokers.start()
+        let (b, addressB) = try await brokers.start()
+        let worker = try await brokers.worker([addressA, addressB])
+        let serving = Task { try await worker.run { $0.body } }
+        try await waitFor("both brokers register the worker") {
+            let (sa, sb) = (await a.statistics(), await b.statistics())
+            return sa.workers == 1 && sb.workers == 1
+        }
+        #expect(await worker.connectedBrokers() == 2)
+        let clientA = try await brokers.client(addressA)
+        let clientB = try await brokers.client(addressB)
+        let payloadA = patternBytes(64 * 40, seed: 1)
+        let payloadB = patternBytes(64 * 40, seed: 2)
+        async let resultA = clientA.submit(.bytes(payloadA), to: "echo").collect()
+        async let resultB = clientB.submit(.bytes(payloadB), to: "echo").collect()
+        #expect(same(try await resultA, payloadA))
+        #expect(same(try await resultB, payloadB))
+        #expect(await a.statistics().results == 40)
+        #expect(await b.statistics().results == 40)
+        await clientA.close()
+        await clientB.close()
+        await worker.close()
+        try await serving.value
+        await brokers.stopAll()
+    }
+
+    @Test func theCreditIsSplitSoTheTotalHeldNeverExceedsIt() async throws {
+        let brokers = try Brokers()
+        let (a, addressA) = try await brokers.start()
+        let (b, addressB) = try await brokers.start()
+        let worker = try await brokers.worker([addressA, addressB], credit: 2)
+        let gate = Gate()
+        let entered = SharedCounter()
+        let serving = Task {
+            try await worker.run { item in
+                entered.increment()
+                await gate.wait()
+                return item.body
+            }
+        }
+        try await waitFor("both brokers register the worker") {
+            let (sa, sb) = (await a.statistics(), await b.statistics())
+            return sa.workers == 1 && sb.workers == 1
+        }
+        let clientA = try await brokers.client(addressA)
+        let clientB = try await brokers.client(addressB)
+        let payloadA = patternBytes(64 * 10, seed: 3)
+        let payloadB = patternBytes(64 * 10, seed: 4)
+        let jobA = try await clientA.submit(.bytes(payloadA), to: "echo")
+        let jobB = try await clientB.submit(.bytes(payloadB), to: "echo")
+        // Each broker was offered 1 of the 2: both hand one fragment out and wait for its answer.
+        try await waitFor("one fragment out from each broker") {
+            let (sa, sb) = (await a.statistics(), await b.statistics())
+            return sa.dispatched == 1 && sb.dispatched == 1 && entered.value == 2
+        }
+        #expect(await worker.peakHeld() == 2)
+        gate.open()
+        #expect(same(try await jobA.collect(), payloadA))
+        #expect(same(try await jobB.collect(), payloadB))
+        #expect(await worker.peakHeld() == 2)
+        #expect(entered.value == 20)
+        await clientA.close()
+        await clientB.close()
+        await worker.close()
+        try await serving.value
+        await brokers.stopAll()
+    }
+
+    @Test func aCreditBelowTheBrokerCountIsRefused() async throws {
+        let brokers = try Brokers()
+        let addresses = (0..<3).map { BrokerAddress("tcp://127.0.0.1:\(1 + $0)", key: KeyPair.generate().publicKey) }
+        let error = await #expect(throws: SecureMQError.self) { _ = try await brokers.worker(addresses, credit: 2) }
+        #expect(error?.code == .invalidConfiguration)
+        #expect(error?.message.contains("cannot be split over 3 brokers") == true, "\(String(describing: error))")
+        let none = await #expect(throws: SecureMQError.self) { _ = try await brokers.worker([]) }
+        #expect(none?.code == .invalidConfiguration)
+    }
+
+    @Test func noBrokerAnsweringNamesEveryBroker() async throws {
+        let brokers = try Brokers()
+        // Two ports that were just in use and are free now: nothing listens there.
+        let (a, addressA) = try await brokers.start()
+        let (b, addressB) = try await brokers.start()
+        await a.shutdown()
+        await b.shutdown()
+        let error = await #expect(throws: SecureMQError.self) {
+            _ = try await brokers.worker([addressA, addressB]) { $0.connection.connectTimeout = .milliseconds(500) }
+        }
+        #expect(error?.code == .unreachable)
+        #expect(error?.message.contains(addressA.endpoint) == true && error?.message.contains(addressB.endpoint) == true,
+                "\(String(describing: error))")
+    }
+
+    @Test func aBrokerDownAtStartIsPickedUpWhenItStarts() async throws {
+        let brokers = try Brokers()
+        let (a, addressA) = try await brokers.start()
+        // B's port and key, with B not running yet.
+        let keysB = KeyPair.generate()
+        let (early, addressB) = try await brokers.start(keysB)
+        await early.shutdown()
+        let worker = try await brokers.worker([addressA, addressB]) {
+            // Refused attempts come fast: many more than the refused-connection limit (3) pass
+            // before B starts, and must not end B's link.
+            $0.connection.reconnectInterval = .milliseconds(20)
+            $0.connection.reconnectIntervalMax = .milliseconds(40)
+        }
+        let serving = Task { try await worker.run { $0.body } }
+        #expect(await worker.connectedBrokers() == 1)
+        // A serves meanwhile.
+        let clientA = try await brokers.client(addressA)
+        let payloadA = patternBytes(64 * 20, seed: 5)
+        #expect(same(try await clientA.submit(.bytes(payloadA), to: "echo").collect(), payloadA))
+        #expect(a.endpoints == [addressA.endpoint])
+        let (b, _) = try await brokers.start(keysB, endpoint: addressB.endpoint)
+        try await waitFor("the worker registers with B once it starts") { await b.statistics().workers == 1 }
+        let clientB = try await brokers.client(addressB)
+        let payloadB = patternBytes(64 * 20, seed: 6)
+        #expect(same(try await clientB.submit(.bytes(payloadB), to: "echo").collect(), payloadB))
+        #expect(await worker.connectedBrokers() == 2)
+        await clientA.close()
+        await clientB.close()
+        await worker.close()
+        try await serving.value
+        await brokers.stopAll()
+    }
+
+    /// B is stopped while the worker holds one of its fragments and a new B starts on the same
+    /// endpoint with the same key: the worker registers with it, drops the old fragment's result
+    /// (no stray DONE at the new broker), and A is served all along.
+    @Test func aReplacedBrokerGetsTheWorkerAgainAndNoStrayResult() async throws {
+        let brokers = try Brokers()
+        let (a, addressA) = try await brokers.start()
+        let keysB = KeyPair.generate()
+        let (oldB, addressB) = try await brokers.start(keysB)
+        let gate = Gate()
+        let held = SharedCounter()
+        let hold = Array("HOLD".utf8)
+        let worker = try await brokers.worker([addressA, addressB], credit: 4)
+        let serving = Task {
+            try await worker.run { item in
+                if item.body.starts(with: hold) {
+                    held.increment()
+                    await gate.wait()
+                }
+                return item.body
+            }
+        }
+        try await waitFor("both brokers register the worker") {
+            let (sa, sb) = (await a.statistics(), await oldB.statistics())
+            return sa.workers == 1 && sb.workers == 1
+        }
+        let oldClient = try await brokers.client(addressB)
+        var held1 = hold
+        held1.append(contentsOf: patternBytes(20))
+        let oldJob = try await oldClient.submit(.bytes(held1), to: "echo")
+        try await waitFor("the worker holds B's fragment") { held.value == 1 }
+        await oldB.shutdown()
+        _ = oldJob
+        await oldClient.close()
+
+        let clientA = try await brokers.client(addressA)
+        let payloadA = patternBytes(64 * 20, seed: 7)
+        #expect(same(try await clientA.submit(.bytes(payloadA), to: "echo").collect(), payloadA))
+
+        let (newB, _) = try await brokers.start(keysB, endpoint: addressB.endpoint)
+        try await waitFor("the worker registers with the new B") { await newB.statistics().workers == 1 }
+        gate.open()
+        try await waitFor("the old connection's result is dropped") { await worker.droppedStaleResults() == 1 }
+        let clientB = try await brokers.client(addressB)
+        let payloadB = patternBytes(64 * 20, seed: 8)
+        #expect(same(try await clientB.submit(.bytes(payloadB), to: "echo").collect(), payloadB))
+        #expect(await newB.statistics().strayResults == 0)
+        #expect(await worker.connectedBrokers() == 2)
+        await clientA.close()
+        await clientB.close()
+        await worker.close()
+        try await serving.value
+        await brokers.stopAll()
+    }
+}
+
+/// Closed until `open()`: handlers wait on it to hold their fragments.
+final class Gate: Sendable {
+    private let state = Mutex<(open: Bool, waiting: [CheckedContinuation<Void, Never>])>((false, []))
+
+    func wait() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let resumeNow = state.withLock { state in
+                if state.open { return true }
+                state.waiting.append(continuation)
+                return false
+            }
+            if resumeNow { continuation.resume() }
+        }
+    }
+
+    func open() {
+        let waiting = state.withLock { state in
+            state.open = true
+            defer { state.waiting.removeAll() }
+            return state.waiting
+        }
+        for continuation in waiting { continuation.resume() }
+    }
+}
