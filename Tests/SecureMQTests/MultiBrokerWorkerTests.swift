@@ -1,4 +1,5 @@
 import Testing
+import Glibc
 import Synchronization
 import Logging
 import InMemoryLogging
@@ -26,13 +27,13 @@ struct MultiBrokerWorkerTests {
         }
 
         /// Starts a broker with `keys` on `endpoint` (a free port by default).
-        func start(_ keys: KeyPair = KeyPair.generate(), endpoint: String = "tcp://127.0.0.1:*",
+        func start(_ keys: KeyPair = KeyPair.generate(), endpoint: String = "tcp://127.0.0.1:*", allowlist: Allowlist? = nil,
                    configure: (inout BrokerConfiguration) -> Void = { _ in }) async throws -> (Broker, BrokerAddress) {
             var configuration = BrokerConfiguration()
             configuration.endpoints = [endpoint]
             configuration.drainTimeout = .milliseconds(100)
             configure(&configuration)
-            let broker = try await Broker.start(keyPair: keys, allowlist: allowlist, configuration: configuration,
+            let broker = try await Broker.start(keyPair: keys, allowlist: allowlist ?? self.allowlist, configuration: configuration,
                                                 context: context, logger: Logger(label: "broker") { _ in SwiftLogNoOpLogHandler() })
             started.append(broker)
             return (broker, BrokerAddress(broker.endpoints[0], key: keys.publicKey))
@@ -60,12 +61,21 @@ struct MultiBrokerWorkerTests {
         }
     }
 
-    @Test func aWorkerGetsWorkFromEveryBroker() async throws {
+    /// Every way of serving (async handlers, synchronous ones on the socket thread) takes work
+    /// from both brokers.
+    @Test(arguments: ["run", "serve", "serveInPlace"])
+    func aWorkerGetsWorkFromEveryBroker(_ mode: String) async throws {
         let brokers = try Brokers()
         let (a, addressA) = try await brokers.start()
         let (b, addressB) = try await brokers.start()
         let worker = try await brokers.worker([addressA, addressB])
-        let serving = Task { try await worker.run { $0.body } }
+        let serving = Task {
+            switch mode {
+            case "run": try await worker.run { $0.body }
+            case "serve": try await worker.serve { $0.body }
+            default: try await worker.serveInPlace { _, body in Array(body) }
+            }
+        }
         try await waitFor("both brokers register the worker") {
             let (sa, sb) = (await a.statistics(), await b.statistics())
             return sa.workers == 1 && sb.workers == 1
@@ -170,6 +180,18 @@ struct MultiBrokerWorkerTests {
         }
         let serving = Task { try await worker.run { $0.body } }
         #expect(await worker.connectedBrokers() == 1)
+        // A single-broker worker with the same options, started after it, gives up on B's port
+        // at the refused-connection limit; by then the two-broker worker has been refused at
+        // least as often, and its link to B must still be trying.
+        let control = await #expect(throws: SecureMQError.self) {
+            var options = Worker.Options()
+            options.connection.reconnectInterval = .milliseconds(20)
+            options.connection.reconnectIntervalMax = .milliseconds(40)
+            _ = try await Worker.connect(to: addressB.endpoint, brokerKey: addressB.publicKey, keyPair: brokers.workerKeys,
+                                         service: "echo", options: options, context: brokers.context,
+                                         logger: Logger(label: "control") { _ in SwiftLogNoOpLogHandler() })
+        }
+        #expect(control?.code == .unreachable)
         // A serves meanwhile.
         let clientA = try await brokers.client(addressA)
         let payloadA = patternBytes(64 * 20, seed: 5)
@@ -238,6 +260,43 @@ struct MultiBrokerWorkerTests {
         await clientA.close()
         await clientB.close()
         await worker.close()
+        try await serving.value
+        await brokers.stopAll()
+    }
+}
+
+extension MultiBrokerWorkerTests {
+    /// One broker revokes the worker's key: that link ends for good (the worker logs it as an
+    /// error), the other broker goes on being served, and `run` does not end for it.
+    @Test func aRevocationEndsOnlyThatBrokersLink() async throws {
+        let brokers = try Brokers()
+        let directory = "/tmp/smq-multi-revoke-\(UInt64.random(in: 0...UInt64.max))"
+        mkdir(directory, 0o755)
+        defer { _ = try? removeTree(directory) }
+        try Certificate(publicKey: brokers.workerKeys.publicKey, metadata: CertificateMetadata(validating: [("name", "w1"), ("role", "worker")]))
+            .save(directory: directory, name: "w1")
+        let revocable = try Allowlist(directory: directory, logger: Logger(label: "allowlist") { _ in SwiftLogNoOpLogHandler() })
+        let (a, addressA) = try await brokers.start(allowlist: revocable) { $0.allowlistCheckInterval = .milliseconds(50) }
+        let (b, addressB) = try await brokers.start()
+        let (logger, logs) = capturingLogger("worker")
+        let worker = try await brokers.worker([addressA, addressB], logger: logger)
+        let serving = Task { try await worker.run { $0.body } }
+        try await waitFor("both brokers register the worker") {
+            let (sa, sb) = (await a.statistics(), await b.statistics())
+            return sa.workers == 1 && sb.workers == 1
+        }
+        unlink(directory + "/w1.key")
+        try await waitFor("A revokes the worker") { await a.statistics().revocations == 1 }
+        try await waitFor("the worker stops serving A") {
+            logs.contains("stopped serving one broker; still serving the others", where: "remaining", is: "1")
+        }
+        #expect(await worker.connectedBrokers() == 1)
+        let client = try await brokers.client(addressB)
+        let payload = patternBytes(64 * 20, seed: 9)
+        #expect(same(try await client.submit(.bytes(payload), to: "echo").collect(), payload))
+        await client.close()
+        await worker.close()
+        // Closed with B still served: run ends without an error, A's refusal was logged.
         try await serving.value
         await brokers.stopAll()
     }
