@@ -11,13 +11,16 @@ import InMemoryLogging
 struct MultiBrokerWorkerTests {
     /// Keys for one worker and one client, allowed by every broker the test starts.
     final class Brokers: @unchecked Sendable {
-        let context = SecureContext()
+        let context: SecureContext
+        let name: String
         let workerKeys = KeyPair.generate()
         let clientKeys = KeyPair.generate()
         let allowlist: Allowlist
         private(set) var started: [Broker] = []
 
-        init() throws {
+        init(_ name: String = #function) throws {
+            self.name = name
+            context = SecureContext(logger: Logger(label: "context \(name)"))
             allowlist = Allowlist(entries: [
                 try AllowlistEntry(certificate: Certificate(publicKey: workerKeys.publicKey,
                     metadata: CertificateMetadata(validating: [("name", "w1"), ("role", "worker")]))),
@@ -33,10 +36,23 @@ struct MultiBrokerWorkerTests {
             configuration.endpoints = [endpoint]
             configuration.drainTimeout = .milliseconds(100)
             configure(&configuration)
+            // Each broker on a context of its own, as separate broker processes would be.
+            let brokerContext = SecureContext(logger: Logger(label: "broker context \(name)"))
             let broker = try await Broker.start(keyPair: keys, allowlist: allowlist ?? self.allowlist, configuration: configuration,
-                                                context: context, logger: Logger(label: "broker") { _ in SwiftLogNoOpLogHandler() })
+                                                context: brokerContext, logger: Logger(label: "broker") { _ in SwiftLogNoOpLogHandler() })
             started.append(broker)
             return (broker, BrokerAddress(broker.endpoints[0], key: keys.publicKey))
+        }
+
+        /// Starts a broker on a port below the kernel's ephemeral range (32768–60999 here), for a
+        /// test that stops it and expects the port to stay free: a port another test's broker
+        /// bound with `:*` could otherwise be handed out again in between, and the worker would
+        /// meet a broker with another key there.
+        func startOnSteadyPort(_ keys: KeyPair = KeyPair.generate()) async throws -> (Broker, BrokerAddress) {
+            for _ in 0..<50 {
+                if let started = try? await start(keys, endpoint: "tcp://127.0.0.1:\(Int.random(in: 20_000..<32_000))") { return started }
+            }
+            throw SecureMQError(.invalidConfiguration, "no free port found in 20000…31999")
         }
 
         func client(_ address: BrokerAddress) async throws -> Client {
@@ -153,8 +169,8 @@ struct MultiBrokerWorkerTests {
     @Test func noBrokerAnsweringNamesEveryBroker() async throws {
         let brokers = try Brokers()
         // Two ports that were just in use and are free now: nothing listens there.
-        let (a, addressA) = try await brokers.start()
-        let (b, addressB) = try await brokers.start()
+        let (a, addressA) = try await brokers.startOnSteadyPort()
+        let (b, addressB) = try await brokers.startOnSteadyPort()
         await a.shutdown()
         await b.shutdown()
         let error = await #expect(throws: SecureMQError.self) {
@@ -170,7 +186,7 @@ struct MultiBrokerWorkerTests {
         let (a, addressA) = try await brokers.start()
         // B's port and key, with B not running yet.
         let keysB = KeyPair.generate()
-        let (early, addressB) = try await brokers.start(keysB)
+        let (early, addressB) = try await brokers.startOnSteadyPort(keysB)
         await early.shutdown()
         let worker = try await brokers.worker([addressA, addressB]) {
             // Refused attempts come fast: many more than the refused-connection limit (3) pass
@@ -217,7 +233,7 @@ struct MultiBrokerWorkerTests {
         let brokers = try Brokers()
         let (a, addressA) = try await brokers.start()
         let keysB = KeyPair.generate()
-        let (oldB, addressB) = try await brokers.start(keysB)
+        let (oldB, addressB) = try await brokers.startOnSteadyPort(keysB)
         let gate = Gate()
         let held = SharedCounter()
         let hold = Array("HOLD".utf8)

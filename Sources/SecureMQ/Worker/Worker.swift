@@ -1,4 +1,5 @@
 public import Logging
+public import CoreMetrics
 import SMQProtocol
 
 /// Where a fragment belongs: its job, its place, its service.
@@ -87,17 +88,23 @@ public final class Worker: Sendable {
         /// The largest fragment accepted (and result sent).
         public var maxFragmentSize: Int = 1 << 20
         public var connection = ConnectionOptions()
+        /// Where the worker's metrics go (`securemq_worker_fragments_total{outcome}`,
+        /// `securemq_worker_handler_seconds`, `securemq_worker_brokers_connected`): nil for the
+        /// process-wide `MetricsSystem` (a no-op until the application bootstraps one).
+        public var metricsFactory: (any MetricsFactory)? = nil
 
         public init() {}
     }
 
     private let thread: SocketThread
     private nonisolated(unsafe) let engine: WorkerEngine
+    private let metrics: WorkerMetrics
     public let service: String
 
-    private init(thread: SocketThread, engine: WorkerEngine, service: String) {
+    private init(thread: SocketThread, engine: WorkerEngine, metrics: WorkerMetrics, service: String) {
         self.thread = thread
         self.engine = engine
+        self.metrics = metrics
         self.service = service
     }
 
@@ -159,6 +166,7 @@ public final class Worker: Sendable {
             connectionOptions.connectTimeout = nil
             connectionOptions.refusedConnectionLimit = nil
         }
+        let metrics = WorkerMetrics(factory: options.metricsFactory)
         let (thread, engine) = try await SocketThread.startConnected(name: "securemq-worker") { (thread) throws(SecureMQError) in
             var sockets: [(BrokerAddress, CurveClientSocket)] = []
             do throws(SecureMQError) {
@@ -171,26 +179,34 @@ public final class Worker: Sendable {
                 for (_, socket) in sockets { socket.fail(error) }
                 throw error
             }
-            return WorkerEngine(brokers: sockets, thread: thread, service: serviceName, options: options, logger: logger)
+            return WorkerEngine(brokers: sockets, thread: thread, service: serviceName, options: options, metrics: metrics, logger: logger) {
+                (broker) throws(SecureMQError) in
+                try CurveClientSocket(context: context, thread: thread, endpoint: broker.endpoint, serverKey: broker.publicKey,
+                                      keyPair: keyPair, options: connectionOptions, logger: logger)
+            }
         }
-        return Worker(thread: thread, engine: engine, service: service)
+        return Worker(thread: thread, engine: engine, metrics: metrics, service: service)
     }
 
-    /// Serves fragments until the worker is closed or the broker sends it away.
+    /// Serves fragments until the worker is closed or every broker has sent it away for good
+    /// (with several brokers, a broker that refuses or revokes this worker ends its link only).
     ///
     /// The handler runs for up to `credit` fragments at once. What it returns goes back as the
     /// fragment's result; a ``WorkRejection`` it throws becomes a REJECT with that code, any other
     /// error a non-retryable REJECT 520 with the error's description.
     /// - Throws: ``SecureMQError`` `.disconnected` when the broker sent this worker away, or the
-    ///   connection's failure.
+    ///   connection's failure; with several brokers, once every link has ended, an error naming
+    ///   each broker's reason.
     public func run(_ handler: @escaping @Sendable (WorkItem) async throws -> [UInt8]) async throws(SecureMQError) {
         let box = UncheckedBox(engine)
         let thread = self.thread
+        let handlerTime = metrics.handlerTime
         let stream = try await thread.run { () throws(SecureMQError) in box.value.start() }
         await withTaskGroup(of: Void.self) { group in
             for await item in stream {
                 group.addTask {
                     let outcome: Result<[UInt8], WorkRejection>
+                    let started = SocketThread.now()
                     do {
                         outcome = .success(try await handler(item.work))
                     } catch let rejection as WorkRejection {
@@ -198,6 +214,7 @@ public final class Worker: Sendable {
                     } catch {
                         outcome = .failure(WorkRejection(handlerError: error))
                     }
+                    handlerTime.recordNanoseconds(SocketThread.now() &- started)
                     let result = UncheckedBox(outcome)
                     thread.execute { box.value.finish(item, result.value) }
                 }

@@ -1,4 +1,5 @@
 import Logging
+import CoreMetrics
 import SMQProtocol
 
 /// The owner-thread side of a ``Worker``: one link per broker, all served from one handler loop.
@@ -19,7 +20,8 @@ final class WorkerEngine: ConnectingEngine {
     /// One broker: its connection, its share of the credit, what it told us last.
     final class Link {
         let address: BrokerAddress
-        let client: CurveClientSocket
+        /// Replaced when a refusal after service is tried again (C57).
+        var client: CurveClientSocket
         /// This broker's static share of ``Worker/Options/credit`` (C56).
         let credit: Int
         var lastHeard: UInt64
@@ -29,6 +31,12 @@ final class WorkerEngine: ConnectingEngine {
         /// Why the link ended for good (a refusal, a revocation), once it has.
         var failure: SecureMQError?
         var ended = false
+        /// Whether any connection of this link ever completed a handshake.
+        var hasConnected = false
+        /// Refusals in a row since this broker last accepted a handshake (C57).
+        var refusals = 0
+        /// Whether this link is counted in `securemq_worker_brokers_connected` now.
+        var counted = false
         /// Time left per delivery id, from a DEADLINE that came before its WORK (C45). Delivery
         /// ids are the broker's: one table per link.
         var deadlines: [UInt64: (received: ContinuousClock.Instant, milliseconds: UInt32)] = [:]
@@ -42,10 +50,13 @@ final class WorkerEngine: ConnectingEngine {
     }
 
     let links: [Link]
+    /// Makes a new connection to a broker, for a link whose refusal is tried again.
+    private let makeSocket: (BrokerAddress) throws(SecureMQError) -> CurveClientSocket
     let connectWaiters: Waiters<Bool>
     let service: ServiceName
     let options: Worker.Options
     let logger: Logger
+    let metrics: WorkerMetrics
     private let thread: SocketThread
     private let limits: ProtocolLimits
     private var continuation: AsyncStream<Pending>.Continuation?
@@ -72,40 +83,62 @@ final class WorkerEngine: ConnectingEngine {
     }
 
     /// - Parameter sockets: one connecting socket per broker, in the caller's order.
-    init(brokers: [(BrokerAddress, CurveClientSocket)], thread: SocketThread, service: ServiceName, options: Worker.Options, logger: Logger) {
+    init(brokers: [(BrokerAddress, CurveClientSocket)], thread: SocketThread, service: ServiceName, options: Worker.Options,
+         metrics: WorkerMetrics, logger: Logger, makeSocket: @escaping (BrokerAddress) throws(SecureMQError) -> CurveClientSocket) {
+        self.makeSocket = makeSocket
         let shares = Self.shares(credit: options.credit, count: brokers.count)
         links = brokers.enumerated().map { Link(address: $0.element.0, client: $0.element.1, credit: shares[$0.offset]) }
         self.thread = thread
         self.service = service
         self.options = options
         self.logger = logger
+        self.metrics = metrics
         limits = ProtocolLimits(maxFragment: options.maxFragmentSize)
         connectWaiters = Waiters(thread: thread)
-        for (index, link) in links.enumerated() {
-            link.client.attach(onReadable: { [unowned self] in self.readAll(index) },
-                               onStateChange: { [unowned self] state in self.stateChanged(index, state) })
-        }
+        for index in links.indices { attach(index) }
         thread.schedule(after: options.heartbeatInterval, every: options.heartbeatInterval) { [unowned self] in self.heartbeat() }
         // With several brokers each socket keeps trying for ever (one that is down at start is
         // picked up when it starts); the connect timeout then applies to the first of them.
         if links.count > 1, let timeout = options.connection.connectTimeout {
             connectTimer = thread.schedule(after: timeout) { [unowned self] in
                 self.connectTimer = nil
-                guard !self.links.contains(where: { $0.client.hasConnected }) else { return }
-                let error = SecureMQError(.unreachable, "no SecureMQ broker answered within \(timeout): tried \(self.links.map { $0.address.description }.joined(separator: ", ")); are they running, and are the endpoints right?")
+                let waiting = self.links.filter { !$0.hasConnected }
+                guard waiting.count == self.links.count else {
+                    // Served by another broker: these keep trying, but say so once.
+                    for link in waiting where !link.ended {
+                        self.logger.warning("a broker has not answered yet; still trying", metadata: ["broker": "\(link.address)", "waited": "\(timeout)"])
+                    }
+                    return
+                }
+                let tried = self.links.map { link in "\(link.address): \(link.failure?.message ?? "no answer")" }
+                let error = SecureMQError(.unreachable, "no SecureMQ broker completed a handshake within \(timeout): \(tried.joined(separator: "; ")); are the brokers running, and are the endpoints and keys right?")
                 self.end(error)
                 for link in self.links { link.client.fail(error) }
             }
         }
     }
 
+    private func attach(_ index: Int) {
+        links[index].client.attach(onReadable: { [unowned self] in self.readAll(index) },
+                                   onStateChange: { [unowned self] state in self.stateChanged(index, state) })
+    }
+
     private func stateChanged(_ index: Int, _ state: CurveClientSocket.State) {
         let link = links[index]
+        if case .connected = state {
+            if !link.counted { metrics.brokersConnected.increment() }
+            link.counted = true
+        } else if link.counted {
+            metrics.brokersConnected.decrement()
+            link.counted = false
+        }
         switch state {
         case .connected:
             // First connection, or libzmq reconnected (a new connection to the broker): announce
             // the service again; the broker knows connections, not workers.
             link.generation &+= 1
+            link.hasConnected = true
+            link.refusals = 0
             link.lastHeard = SocketThread.now()
             link.deadlines.removeAll()
             sendReady(link)
@@ -114,12 +147,37 @@ final class WorkerEngine: ConnectingEngine {
             link.generation &+= 1
         case .failed(let error):
             link.generation &+= 1
+            if links.count > 1, link.hasConnected, !ended, link.failure == nil,
+               error.code == .rejectedByServer || error.code == .handshakeFailed, link.refusals + 1 < options.liveness {
+                // A broker that served us and now refuses is revoking us or restarting: a broker
+                // shutting down still accepts handshakes for a moment after it dropped its ZAP
+                // domain, and a new one may not be listening yet. Ask again each heartbeat
+                // interval; only `liveness` refusals in a row end this link for good (C57).
+                link.refusals += 1
+                logger.warning("a broker that served this worker refused it; asking again",
+                               metadata: ["broker": "\(link.address)", "error": "\(error.message)", "refusals": "\(link.refusals)"])
+                thread.schedule(after: options.heartbeatInterval) { [unowned self] in self.reopen(index) }
+                return
+            }
             if link.failure == nil { link.failure = error }
             linkEnded(index)
         case .closed:
             link.generation &+= 1
             linkEnded(index)
         }
+    }
+
+    /// A new connection for a link whose broker refused it after serving it.
+    private func reopen(_ index: Int) {
+        let link = links[index]
+        guard !ended, !link.ended else { return }
+        do throws(SecureMQError) {
+            link.client = try makeSocket(link.address)
+        } catch {
+            link.failure = error
+            return linkEnded(index)
+        }
+        attach(index)
     }
 
     /// One broker is done with for good; the worker ends when every one is.
@@ -146,7 +204,7 @@ final class WorkerEngine: ConnectingEngine {
         // connect succeeded, and run() or serve() reports why the worker ended.
         if links.contains(where: { link in
             if case .failed = link.client.state { return false }
-            return link.client.hasConnected
+            return link.hasConnected
         }) {
             return continuation.resume(returning: .success(true))
         }
@@ -185,6 +243,8 @@ final class WorkerEngine: ConnectingEngine {
 
     private func runInline(_ header: WorkHeader, _ body: UnsafeRawBufferPointer) -> Result<[UInt8], WorkRejection> {
         guard let handler = inlineHandler else { return .failure(WorkRejection(code: 500, reason: "no handler")) }
+        let started = SocketThread.now()
+        defer { metrics.handlerTime.recordNanoseconds(SocketThread.now() &- started) }
         do {
             return .success(try handler(header, body))
         } catch let rejection as WorkRejection {
@@ -320,6 +380,7 @@ final class WorkerEngine: ConnectingEngine {
             // The connection that delivered this WORK is gone; the broker requeued the fragment
             // when it lost it, and the new connection has never heard of this delivery (C57).
             staleResults += 1
+            metrics.dropped.increment()
             logger.debug("dropped a result for a broker connection since replaced", metadata: ["broker": "\(link.address)", "delivery": "\(delivery)"])
             return
         }
@@ -339,6 +400,7 @@ final class WorkerEngine: ConnectingEngine {
             let bodyOffset = Fragment.write(into: buffer, command: .done, tag: delivery, service: service, header: header)
             body.withUnsafeBytes { buffer.baseAddress!.advanced(by: bodyOffset).copyMemory(from: $0.baseAddress ?? UnsafeRawPointer(buffer.baseAddress!), byteCount: $0.count) }
             link.client.send(message)
+            metrics.done.increment()
         case .failure(let rejection):
             reject(link, delivery, code: FailureCode(rawValue: rejection.code), retryable: rejection.retryable, reason: rejection.reason)
         }
@@ -347,6 +409,7 @@ final class WorkerEngine: ConnectingEngine {
     private func reject(_ link: Link, _ delivery: UInt64, code: FailureCode, retryable: Bool, reason: String) {
         let message = ControlMessage.reject(deliveryID: delivery, code: code, retryable: retryable, reason: Reason.truncated(reason))
         link.client.send(message.encoded())
+        metrics.rejected.increment()
     }
 
     /// Tells every broker we leave, so each requeues what we hold at once.
