@@ -291,6 +291,8 @@ extension MultiBrokerWorkerTests {
         defer { _ = try? removeTree(directory) }
         try Certificate(publicKey: brokers.workerKeys.publicKey, metadata: CertificateMetadata(validating: [("name", "w1"), ("role", "worker")]))
             .save(directory: directory, name: "w1")
+        try Certificate(publicKey: brokers.clientKeys.publicKey, metadata: CertificateMetadata(validating: [("name", "c1"), ("role", "client")]))
+            .save(directory: directory, name: "c1")
         let revocable = try Allowlist(directory: directory, logger: Logger(label: "allowlist") { _ in SwiftLogNoOpLogHandler() })
         let (a, addressA) = try await brokers.start(allowlist: revocable) { $0.allowlistCheckInterval = .milliseconds(50) }
         let (b, addressB) = try await brokers.start()
@@ -301,18 +303,70 @@ extension MultiBrokerWorkerTests {
             let (sa, sb) = (await a.statistics(), await b.statistics())
             return sa.workers == 1 && sb.workers == 1
         }
+        // Served first, so A's DISCONNECT reads as "reconnect", and ZAP's refusals then as a
+        // revocation once `liveness` (3) come in a row.
+        let clientA = try await brokers.client(addressA)
+        let first = patternBytes(64 * 10, seed: 12)
+        #expect(same(try await clientA.submit(.bytes(first), to: "echo").collect(), first))
+        await clientA.close()
         unlink(directory + "/w1.key")
         try await waitFor("A revokes the worker") { await a.statistics().revocations == 1 }
         try await waitFor("the worker stops serving A") {
             logs.contains("stopped serving one broker; still serving the others", where: "remaining", is: "1")
         }
         #expect(await worker.connectedBrokers() == 1)
+        #expect(logs.contains("a broker that served this worker refused it; asking again", where: "refusals", is: "2"))
         let client = try await brokers.client(addressB)
         let payload = patternBytes(64 * 20, seed: 9)
         #expect(same(try await client.submit(.bytes(payload), to: "echo").collect(), payload))
         await client.close()
         await worker.close()
         // Closed with B still served: run ends without an error, A's refusal was logged.
+        try await serving.value
+        await brokers.stopAll()
+    }
+}
+
+extension MultiBrokerWorkerTests {
+    /// A broker that served the worker refuses it once and then takes it back (a restart, or a
+    /// key revoked and restored in time): the link is asked again and the worker registers anew.
+    @Test func aRefusalAfterServiceIsAskedAgain() async throws {
+        let brokers = try Brokers()
+        let directory = "/tmp/smq-multi-readmit-\(UInt64.random(in: 0...UInt64.max))"
+        mkdir(directory, 0o755)
+        defer { _ = try? removeTree(directory) }
+        let certificate = try Certificate(publicKey: brokers.workerKeys.publicKey,
+                                          metadata: CertificateMetadata(validating: [("name", "w1"), ("role", "worker")]))
+        try certificate.save(directory: directory, name: "w1")
+        try Certificate(publicKey: brokers.clientKeys.publicKey, metadata: CertificateMetadata(validating: [("name", "c1"), ("role", "client")]))
+            .save(directory: directory, name: "c1")
+        let revocable = try Allowlist(directory: directory, logger: Logger(label: "allowlist") { _ in SwiftLogNoOpLogHandler() })
+        let (a, addressA) = try await brokers.start(allowlist: revocable) { $0.allowlistCheckInterval = .milliseconds(50) }
+        let (_, addressB) = try await brokers.start()
+        let (logger, logs) = capturingLogger("worker")
+        // A second between tries, so the key is back well before the third refusal.
+        let worker = try await brokers.worker([addressA, addressB], logger: logger) { $0.heartbeatInterval = .seconds(1) }
+        let serving = Task { try await worker.run { $0.body } }
+        try await waitFor("A registers the worker") { await a.statistics().workers == 1 }
+        // Served first: a DISCONNECT before any service is a refusal that ends the link (C31).
+        let client = try await brokers.client(addressA)
+        let first = patternBytes(64 * 10, seed: 11)
+        #expect(same(try await client.submit(.bytes(first), to: "echo").collect(), first))
+        unlink(directory + "/w1.key")
+        try await waitFor("A refuses the worker once") {
+            logs.contains("a broker that served this worker refused it; asking again", where: "refusals", is: "1")
+        }
+        try certificate.save(directory: directory, name: "w1")
+        await a.allowlistChanged()
+        try await waitFor("A takes the worker back") {
+            let (workers, connected) = (await a.statistics().workers, await worker.connectedBrokers())
+            return workers == 1 && connected == 2
+        }
+        let payload = patternBytes(64 * 10, seed: 10)
+        #expect(same(try await client.submit(.bytes(payload), to: "echo").collect(), payload))
+        #expect(!logs.contains("stopped serving one broker; still serving the others"))
+        await client.close()
+        await worker.close()
         try await serving.value
         await brokers.stopAll()
     }
