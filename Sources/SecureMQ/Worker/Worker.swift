@@ -79,7 +79,9 @@ public final class Worker: Sendable {
     public struct Options: Sendable {
         /// Fragments this worker may hold at once. The broker grants min(credit, weight × base
         /// window), so a large credit lets the allowlist's weight decide a busy worker's share;
-        /// lower it for handlers that must not run that many at once.
+        /// lower it for handlers that must not run that many at once. With several brokers it is
+        /// split among them (`credit / N` each, the remainder to the first ones), so it stays the
+        /// total the worker holds.
         public var credit: Int = 256
         /// Heartbeat interval announced in READY; the broker expects one at least this often.
         public var heartbeatInterval: Duration = .milliseconds(2500)
