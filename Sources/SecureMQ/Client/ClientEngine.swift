@@ -633,6 +633,11 @@ final class ClientEngine: ConnectingEngine {
                 return
             }
             let kind: SecureMQError.Code = code == .deadlineExceeded ? .deadlineExceeded : .jobFailed
+            // A job or request moved away from this broker is no longer its business: what it
+            // says about the copy left there (410 for a CANCEL, 404 from a restarted broker that
+            // got stale SUBMITs) must not end work that goes on elsewhere (C59).
+            if let pending = requests[jobID], pending.link != link.index { return }
+            if let job = jobs[jobID], job.link !== link { return }
             if let pending = requests[jobID] {
                 finish(pending, .failure(SecureMQError(kind, "the request failed with \(code.rawValue) \(code.name ?? ""): \(reason.string)",
                                                        status: code.rawValue, fragmentIndex: index == Message.wholeJobIndex ? nil : index)))
@@ -644,6 +649,8 @@ final class ClientEngine: ConnectingEngine {
             fail(job, SecureMQError(kind, "\(which) failed with \(code.rawValue) \(code.name ?? ""): \(reason.string)",
                                     status: code.rawValue, fragmentIndex: index == Message.wholeJobIndex ? nil : index))
         case .busy(let jobID, let index, let retryAfter):
+            if let pending = requests[jobID], pending.link != link.index { return }  // moved on (C59)
+            if let job = jobs[jobID], job.link !== link { return }
             if requests[jobID] != nil {
                 thread.schedule(after: .milliseconds(Int(max(1, retryAfter)))) { [weak self] in
                     guard let self, let pending = self.requests[jobID], pending.link >= 0 else { return }
@@ -668,8 +675,19 @@ final class ClientEngine: ConnectingEngine {
                     failAll(error)
                     link.socket.close()
                 } else {
-                    link.closeReason = error
-                    link.socket.close()
+                    // With several brokers this one is left for now, not for good: a broker
+                    // shutting down sends DISCONNECT to clients it never served too (C60).
+                    logger.warning("broker sent this client away before serving it; trying it again later",
+                                   metadata: ["broker": "\(link.address)", "reason": "\(reason.string)"])
+                    if link.live {
+                        link.live = false
+                        strand(link, because: error.message)
+                    }
+                    let retry = options.heartbeatInterval * options.liveness
+                    thread.schedule(after: retry) { [weak self, weak link] in
+                        guard let self, let link, !self.closing, !link.dead, !link.live else { return }
+                        link.socket.reconnect(because: "trying again a broker that sent this client away")
+                    }
                 }
             }
         default:
