@@ -1,3 +1,4 @@
+public import CoreMetrics
 public import Logging
 import SMQProtocol
 
@@ -34,6 +35,9 @@ public final class Client: Sendable {
         /// and the first message a broker sees is then that query. `smq submit` turns it on.
         public var learnBrokerLimits = false
         public var connection = ConnectionOptions()
+        /// Where the client's metrics go (`securemq_client_*`, see the README); nil: the
+        /// process's `MetricsSystem` (a no-op until one is bootstrapped).
+        public var metricsFactory: (any MetricsFactory)?
 
         public init() {}
     }
@@ -170,6 +174,15 @@ public final class Client: Sendable {
         get async {
             let box = UncheckedBox(engine)
             return (try? await thread.run { () throws(SecureMQError) in box.value.brokerMaxFragment }) ?? nil
+        }
+    }
+
+    /// The brokers this client can place work on now (connected, and not set aside), in the
+    /// order they were given to ``connect(to:keyPair:options:context:logger:)``.
+    public var connectedBrokers: [BrokerAddress] {
+        get async {
+            let box = UncheckedBox(engine)
+            return (try? await thread.run { () throws(SecureMQError) in box.value.links.filter(\.live).map(\.address) }) ?? []
         }
     }
 

@@ -1,3 +1,4 @@
+import CoreMetrics
 import DequeModule
 import Logging
 import SMQProtocol
@@ -107,6 +108,7 @@ final class ClientEngine: ConnectingEngine {
     private let remake: (BrokerAddress) throws(SecureMQError) -> CurveClientSocket
     /// The broker's max-fragment, from `mmi.limits` (C47); nil when it did not say.
     var brokerMaxFragment: Int?
+    private let metrics: ClientMetrics
 
     init(sockets: [(BrokerAddress, CurveClientSocket)], thread: SocketThread, options: Client.Options, logger: Logger,
          remake: @escaping (BrokerAddress) throws(SecureMQError) -> CurveClientSocket) {
@@ -115,6 +117,7 @@ final class ClientEngine: ConnectingEngine {
         self.options = options
         self.logger = logger
         self.remake = remake
+        metrics = ClientMetrics(factory: options.metricsFactory)
         limits = ProtocolLimits(maxFragment: options.maxFragmentSize)
         connectWaiters = Waiters(thread: thread)
         for link in links { attach(link) }
@@ -128,11 +131,17 @@ final class ClientEngine: ConnectingEngine {
 
     private var connectionFailure: SecureMQError? { terminalFailure }
 
+    private func setLive(_ link: BrokerLink, _ live: Bool) {
+        guard link.live != live else { return }
+        link.live = live
+        if live { metrics.brokersConnected.increment() } else { metrics.brokersConnected.decrement() }
+    }
+
     private func stateChanged(_ link: BrokerLink, _ state: CurveClientSocket.State) {
         switch state {
         case .connected:
             link.lastHeard = SocketThread.now()
-            link.live = true
+            setLive(link, true)
             everConnected = true
             if links.count > 1 { logger.info("broker connected", metadata: ["broker": "\(link.address)"]) }
             while connectWaiters.resumeFirst(true) {}
@@ -140,7 +149,7 @@ final class ClientEngine: ConnectingEngine {
         case .connecting:
             // Dropped, or sent to connect anew (silence, DISCONNECT): what it held moves on.
             guard link.live else { return }
-            link.live = false
+            setLive(link, false)
             strand(link, because: "the connection dropped")
         case .failed(let error):
             linkFailed(link, error)
@@ -154,7 +163,7 @@ final class ClientEngine: ConnectingEngine {
     /// always did); with several, a broker not reached yet keeps being tried in the background,
     /// one that refused this client is left, and the client ends only when none is left.
     private func linkFailed(_ link: BrokerLink, _ error: SecureMQError) {
-        link.live = false
+        setLive(link, false)
         if links.count == 1 {
             terminalFailure = error
             failAll(error)
@@ -230,6 +239,7 @@ final class ClientEngine: ConnectingEngine {
         }
         link.outstanding = 0
         if moved > 0 && links.count > 1 {
+            metrics.failovers.increment()
             logger.warning("broker lost; moving its unanswered fragments", metadata: [
                 "broker": "\(link.address)", "reason": "\(reason)", "fragments": "\(moved)"])
         }
@@ -272,6 +282,7 @@ final class ClientEngine: ConnectingEngine {
             brokers.insert(link.index)
         }
         if count > 0 {
+            metrics.fragmentsResubmitted.increment(by: count)
             let to = brokers.sorted().map { "\(links[$0].address)" }.joined(separator: ", ")
             logger.notice("resubmitted outstanding fragments", metadata: ["fragments": "\(count)", "to": "\(to)"])
         }
@@ -492,6 +503,7 @@ final class ClientEngine: ConnectingEngine {
 
     private func finish(_ job: ClientJob) {
         guard job.finishedAt == nil else { return }
+        metrics.jobsCompleted.increment()
         job.finishedAt = SocketThread.now()
         if let timer = job.deadlineTimer { thread.cancel(timer) }
         job.deadlineTimer = nil
@@ -515,6 +527,7 @@ final class ClientEngine: ConnectingEngine {
     /// order, before the error (nothing that arrived is thrown away).
     private func fail(_ job: ClientJob, _ error: SecureMQError) {
         guard job.failure == nil, job.finishedAt == nil else { return }
+        metrics.jobsFailed.increment()
         job.failure = error
         if let timer = job.deadlineTimer { thread.cancel(timer) }
         job.deadlineTimer = nil
@@ -627,7 +640,7 @@ final class ClientEngine: ConnectingEngine {
                 // That broker is shutting down: its work goes to another broker instead of
                 // failing, and it is used again once it reconnects (C58).
                 if link.live {
-                    link.live = false
+                    setLive(link, false)
                     strand(link, because: "the broker is draining")
                 }
                 return
@@ -680,7 +693,7 @@ final class ClientEngine: ConnectingEngine {
                     logger.warning("broker sent this client away before serving it; trying it again later",
                                    metadata: ["broker": "\(link.address)", "reason": "\(reason.string)"])
                     if link.live {
-                        link.live = false
+                        setLive(link, false)
                         strand(link, because: error.message)
                     }
                     let retry = options.heartbeatInterval * options.liveness
@@ -734,7 +747,10 @@ final class ClientEngine: ConnectingEngine {
         closing = true
         let error = SecureMQError(.closed, "the client is closed")
         if terminalFailure == nil { terminalFailure = error }
-        for link in links { link.live = false; link.socket.close() }
+        for link in links {
+            setLive(link, false)
+            link.socket.close()
+        }
         failAll(error)
     }
 }
