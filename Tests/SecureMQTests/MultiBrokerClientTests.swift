@@ -336,3 +336,29 @@ extension MultiBrokerClientTests {
         await set.stopAll()
     }
 }
+
+extension MultiBrokerClientTests {
+    /// A broker that completes the handshake and then never answers (a frozen process): after
+    /// heartbeat × liveness of silence the job it was given moves to the other broker.
+    @Test func aSilentBrokerHasItsWorkMoved() async throws {
+        let set = try BrokerSet(count: 1)
+        try await set.start(0)
+        try await set.startWorker(on: 0)
+        let silent = try await ServerFixture.make(allowing: [set.clientKeys.publicKey])
+        var options = Client.Options()
+        options.heartbeatInterval = .milliseconds(250)
+        options.fragmentSize = 512
+        let client = try await Client.connect(to: [BrokerAddress(silent.endpoint, key: silent.serverKeys.publicKey)] + set.addresses,
+                                              keyPair: set.clientKeys, options: options, context: set.context)
+        try await waitForBrokers(2, client)
+        // Both idle: the tie goes to the first broker, the silent one.
+        let payload = patternBytes(512 * 100)
+        let job = try await client.submit(.bytes(payload), to: "echo")
+        try await collectChecked(job, payload)
+        #expect(await job.summary().resubmitted == 32)  // the first window, moved whole
+        #expect(set.handledCount(0) == 100)
+        await client.close()
+        await silent.server.close()
+        await set.stopAll()
+    }
+}

@@ -150,12 +150,13 @@ final class ClientEngine: ConnectingEngine {
             // Dropped, or sent to connect anew (silence, DISCONNECT): what it held moves on.
             guard link.live else { return }
             setLive(link, false)
-            strand(link, because: "the connection dropped")
+            strand(link, because: link.lostReason ?? "the connection dropped")
+            link.lostReason = nil
         case .failed(let error):
             linkFailed(link, error)
         case .closed:
             guard !closing else { return }
-            linkFailed(link, link.closeReason ?? SecureMQError(.closed, "the client is closed"))
+            linkFailed(link, SecureMQError(.closed, "the connection to \(link.address) was closed"))
         }
     }
 
@@ -574,7 +575,8 @@ final class ClientEngine: ConnectingEngine {
             if silence > limit {
                 // The broker answers every PING; silence this long means it is gone or frozen.
                 link.lastHeard = SocketThread.now()
-                link.socket.reconnect(because: "no answer from the broker for \(silence / 1_000_000) ms")
+                link.lostReason = "no answer from the broker for \(silence / 1_000_000) ms"
+                link.socket.reconnect(because: link.lostReason!)
                 continue
             }
             guard link.socket.isConnected else { continue }
@@ -767,15 +769,15 @@ final class BrokerLink {
     var socket: CurveClientSocket
     /// Handshake done and not dropped or sent to reconnect since.
     var live = false
-    /// Refused this client (ZAP, wrong key, DISCONNECT before service): not tried again.
+    /// Refused this client (ZAP, wrong key): not tried again.
     var dead = false
     /// Fragments and requests sent here and not yet answered: the placement's measure.
     var outstanding = 0
     var lastHeard = SocketThread.now()
     /// Why it first failed, for the error when no broker could be reached.
     var firstError: SecureMQError?
-    /// Why the engine closed it (a DISCONNECT before service).
-    var closeReason: SecureMQError?
+    /// Why the client is about to connect to it anew (silence), for the log line that moves its work.
+    var lostReason: String?
 
     init(index: Int, address: BrokerAddress, socket: CurveClientSocket) {
         self.index = index
