@@ -166,7 +166,8 @@ final class ClientEngine: ConnectingEngine {
     private func linkFailed(_ link: BrokerLink, _ error: SecureMQError) {
         setLive(link, false)
         if links.count == 1 {
-            terminalFailure = error
+            // The first reason stays (a refusal's DISCONNECT, then the close that follows it).
+            if terminalFailure == nil { terminalFailure = error }
             failAll(error)
             return
         }
