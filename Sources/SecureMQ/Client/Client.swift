@@ -19,12 +19,14 @@ public final class Client: Sendable {
         public var fragmentSize: Int = 256 << 10
         /// The largest fragment body accepted from the broker (results).
         public var maxFragmentSize: Int = 1 << 20
-        /// PING interval while jobs are open.
+        /// PING interval, to each broker the client has work at.
         public var heartbeatInterval: Duration = .milliseconds(2500)
-        /// Intervals without an answer from the broker after which the client reconnects (and
-        /// resubmits what is outstanding).
+        /// Intervals without an answer from a broker that holds work of this client after which
+        /// the client connects to it anew and resubmits what is outstanding there: to another
+        /// live broker at once when it has several, else to the same one once it is back.
         public var liveness: Int = 3
-        /// Reconnections after which a job (or request) whose fragments were all resent fails,
+        /// Resubmissions (after a reconnection, or a move to another broker) after which a job
+        /// (or request) whose fragments were all resent fails,
         /// when no result or failure came in between. A fragment over the broker's max-fragment
         /// makes libzmq drop the connection; without this bound the client would reconnect and
         /// resend it for ever.
