@@ -35,6 +35,8 @@ public final class Client: Sendable {
         /// fragment or request it would refuse fails at once with 413 naming both sizes. Off by
         /// default: it costs a round trip in ``Client/connect(to:brokerKey:keyPair:options:context:logger:)``,
         /// and the first message a broker sees is then that query. `smq submit` turns it on.
+        /// With several brokers one of them is asked, and its limit is taken for all (brokers of
+        /// one deployment share their configuration).
         public var learnBrokerLimits = false
         public var connection = ConnectionOptions()
         /// Where the client's metrics go (`securemq_client_*`, see the README); nil: the
@@ -188,7 +190,8 @@ public final class Client: Sendable {
         }
     }
 
-    /// The services that have a worker at the broker now (`mmi.services`, PROTOCOL.md C46),
+    /// The services that have a worker at the broker now (`mmi.services`, PROTOCOL.md C46; with
+    /// several brokers, at the one the query is placed on),
     /// sorted: what to suggest when a service name gets `404`.
     /// - Throws: ``SecureMQError`` `.jobFailed` with status 501 from a broker that does not
     ///   answer it.
