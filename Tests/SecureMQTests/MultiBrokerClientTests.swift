@@ -127,6 +127,18 @@ private func waitForBrokers(_ count: Int, _ client: Client) async throws {
     try await eventually("\(count) brokers connected") { await client.connectedBrokers.count == count }
 }
 
+/// An echo handler that holds fragments from `index` on until `flag` is set (bounded), so the
+/// broker stopped mid-job surely has unanswered fragments of the job when it stops.
+private func heldFrom(_ index: Int, until flag: SharedFlag) -> @Sendable (WorkItem) async throws -> [UInt8] {
+    { item in
+        let deadline = ContinuousClock.now + .seconds(20)
+        while item.index >= index && !flag.value && ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(2))
+        }
+        return item.body
+    }
+}
+
 /// Checks a job's results: every index once, in order, byte-exact.
 private func collectChecked(_ job: Job, _ payload: [UInt8]) async throws {
     var gathered: [UInt8] = []
@@ -165,14 +177,9 @@ private func collectChecked(_ job: Job, _ payload: [UInt8]) async throws {
         let set = try BrokerSet(count: 2)
         try await set.start(0)
         try await set.start(1)
-        try await set.startWorker(on: 0) { item in
-            try await Task.sleep(for: .milliseconds(1))
-            return item.body
-        }
-        try await set.startWorker(on: 1) { item in
-            try await Task.sleep(for: .milliseconds(1))
-            return item.body
-        }
+        let stoppedFlag = SharedFlag()
+        try await set.startWorker(on: 0, handler: heldFrom(60, until: stoppedFlag))
+        try await set.startWorker(on: 1, handler: heldFrom(60, until: stoppedFlag))
         let client = try await set.client { $0.fragmentSize = 512 }
         try await waitForBrokers(2, client)
         let payload = patternBytes(512 * 400 + 77)
@@ -188,6 +195,7 @@ private func collectChecked(_ job: Job, _ payload: [UInt8]) async throws {
             if result.index == 50 {
                 stopped = set.handledCount(0) >= set.handledCount(1) ? 0 : 1
                 await set.stop(stopped)
+                stoppedFlag.set()
             }
         }
         #expect(expected == job.fragmentCount)
@@ -305,8 +313,9 @@ extension MultiBrokerClientTests {
         let set = try BrokerSet(count: 2)
         try await set.start(0)
         try await set.start(1)
-        try await set.startWorker(on: 0)
-        try await set.startWorker(on: 1)
+        let stoppedFlag = SharedFlag()
+        try await set.startWorker(on: 0, handler: heldFrom(30, until: stoppedFlag))
+        try await set.startWorker(on: 1, handler: heldFrom(30, until: stoppedFlag))
         let metrics = RecordingMetrics()
         let client = try await set.client {
             $0.fragmentSize = 512
@@ -321,6 +330,7 @@ extension MultiBrokerClientTests {
             gathered.append(contentsOf: result.body)
             if result.index == 20 {
                 await set.stop(set.handledCount(0) >= set.handledCount(1) ? 0 : 1)
+                stoppedFlag.set()
             }
         }
         #expect(same(gathered, payload))
@@ -355,8 +365,10 @@ extension MultiBrokerClientTests {
         let payload = patternBytes(512 * 100)
         let job = try await client.submit(.bytes(payload), to: "echo")
         try await collectChecked(job, payload)
-        #expect(await job.summary().resubmitted == 32)  // the first window, moved whole
-        #expect(set.handledCount(0) == 100)
+        // The first window was moved whole (more if the loaded machine made a broker look silent
+        // again; the gatherer keeps each index once either way).
+        #expect(await job.summary().resubmitted >= 32)
+        #expect(set.handledCount(0) >= 100)
         await client.close()
         await silent.server.close()
         await set.stopAll()
