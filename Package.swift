@@ -107,6 +107,7 @@ let package = Package(
                 "SecureMQ", "SMQKeys", "SMQProtocol", "CZeroMQ",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "InMemoryLogging", package: "swift-log"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
             ]
         ),
         .testTarget(

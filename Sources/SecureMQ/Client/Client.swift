@@ -1,3 +1,4 @@
+public import CoreMetrics
 public import Logging
 import SMQProtocol
 
@@ -18,12 +19,14 @@ public final class Client: Sendable {
         public var fragmentSize: Int = 256 << 10
         /// The largest fragment body accepted from the broker (results).
         public var maxFragmentSize: Int = 1 << 20
-        /// PING interval while jobs are open.
+        /// PING interval, to each broker the client has work at.
         public var heartbeatInterval: Duration = .milliseconds(2500)
-        /// Intervals without an answer from the broker after which the client reconnects (and
-        /// resubmits what is outstanding).
+        /// Intervals without an answer from a broker that holds work of this client after which
+        /// the client connects to it anew and resubmits what is outstanding there: to another
+        /// live broker at once when it has several, else to the same one once it is back.
         public var liveness: Int = 3
-        /// Reconnections after which a job (or request) whose fragments were all resent fails,
+        /// Resubmissions (after a reconnection, or a move to another broker) after which a job
+        /// (or request) whose fragments were all resent fails,
         /// when no result or failure came in between. A fragment over the broker's max-fragment
         /// makes libzmq drop the connection; without this bound the client would reconnect and
         /// resend it for ever.
@@ -32,8 +35,13 @@ public final class Client: Sendable {
         /// fragment or request it would refuse fails at once with 413 naming both sizes. Off by
         /// default: it costs a round trip in ``Client/connect(to:brokerKey:keyPair:options:context:logger:)``,
         /// and the first message a broker sees is then that query. `smq submit` turns it on.
+        /// With several brokers one of them is asked, and its limit is taken for all (brokers of
+        /// one deployment share their configuration).
         public var learnBrokerLimits = false
         public var connection = ConnectionOptions()
+        /// Where the client's metrics go (`securemq_client_*`, see the README); nil: the
+        /// process's `MetricsSystem` (a no-op until one is bootstrapped).
+        public var metricsFactory: (any MetricsFactory)?
 
         public init() {}
     }
@@ -71,7 +79,8 @@ public final class Client: Sendable {
     /// executor, so nothing waits on a stopped thread.
     public var executor: any TaskExecutor { thread }
 
-    /// Connects to a broker and waits for the CURVE handshake.
+    /// Connects to a broker and waits for the CURVE handshake: ``connect(to:keyPair:options:context:logger:)``
+    /// with one broker.
     /// - Parameters:
     ///   - endpoint: the broker, e.g. `tcp://127.0.0.1:5555`.
     ///   - brokerKey: the broker's public key (certs/broker.key).
@@ -81,6 +90,40 @@ public final class Client: Sendable {
         to endpoint: String, brokerKey: PublicKey, keyPair: KeyPair, options: Options = Options(),
         context: SecureContext = .shared, logger: Logger = Logger(label: "securemq.client")
     ) async throws(SecureMQError) -> Client {
+        try await connect(to: [BrokerAddress(endpoint, key: brokerKey)], keyPair: keyPair, options: options,
+                          context: context, logger: logger)
+    }
+
+    /// The most brokers one client uses (a job remembers which ones it touched in one word).
+    public static let maxBrokers = 64
+
+    /// Connects to several brokers and returns once one has completed its CURVE handshake; the
+    /// others keep connecting in the background, and a broker that is down now is used once it
+    /// is up.
+    ///
+    /// Each job (and each request) is placed whole on the live broker with the fewest
+    /// outstanding fragments, ties taken in turn. When a broker drops the client, refuses its
+    /// connection, or is silent for ``Options/heartbeatInterval`` × ``Options/liveness`` while
+    /// the client has work there, every fragment placed there and not yet answered is sent
+    /// again through another live broker; the job's results still come once each, in order.
+    /// With one broker this is the single-broker client: it reconnects and resubmits.
+    /// - Parameters:
+    ///   - brokers: 1…``maxBrokers`` brokers, each an endpoint and its public key.
+    ///   - keyPair: this client's identity; its public key must be on every broker's allowlist.
+    /// - Throws: ``SecureMQError``: `.invalidConfiguration`; when no broker completes a handshake
+    ///   within ``ConnectionOptions/connectTimeout`` (or each refused), one error naming each
+    ///   broker and why (`.unreachable`, or `.rejectedByServer`/`.handshakeFailed` when every
+    ///   broker said so).
+    public static func connect(
+        to brokers: [BrokerAddress], keyPair: KeyPair, options: Options = Options(),
+        context: SecureContext = .shared, logger: Logger = Logger(label: "securemq.client")
+    ) async throws(SecureMQError) -> Client {
+        guard (1...maxBrokers).contains(brokers.count) else {
+            throw SecureMQError(.invalidConfiguration, "a client needs 1…\(maxBrokers) brokers; got \(brokers.count)")
+        }
+        guard Set(brokers.map(\.endpoint)).count == brokers.count else {
+            throw SecureMQError(.invalidConfiguration, "a broker endpoint is listed twice: \(brokers.map(\.description).joined(separator: ", "))")
+        }
         guard options.window >= 1 else { throw SecureMQError(.invalidConfiguration, "the window must be at least 1") }
         guard (1...Int(UInt32.max)).contains(options.maxFragmentSize) else {
             throw SecureMQError(.invalidConfiguration, "the max fragment size must be 1…\(UInt32.max) bytes (the header's length field is 4 bytes); got \(options.maxFragmentSize)")
@@ -93,10 +136,25 @@ public final class Client: Sendable {
         }
         var connectionOptions = options.connection
         connectionOptions.maxMessageSize = Wire.maxMessageSize(forFragment: options.maxFragmentSize)
+        // A broker not reached at first is tried on for as long as the client lives.
+        var background = connectionOptions
+        background.connectTimeout = nil
+        background.refusedConnectionLimit = nil
         let (thread, engine) = try await SocketThread.startConnected(name: "securemq-client") { (thread) throws(SecureMQError) in
-            let socket = try CurveClientSocket(context: context, thread: thread, endpoint: endpoint, serverKey: brokerKey,
-                                               keyPair: keyPair, options: connectionOptions, logger: logger)
-            return ClientEngine(socket: socket, thread: thread, options: options, logger: logger)
+            var sockets: [(BrokerAddress, CurveClientSocket)] = []
+            for broker in brokers {
+                do throws(SecureMQError) {
+                    sockets.append((broker, try CurveClientSocket(context: context, thread: thread, endpoint: broker.endpoint, serverKey: broker.publicKey,
+                                                                  keyPair: keyPair, options: connectionOptions, logger: logger)))
+                } catch {
+                    for (_, socket) in sockets { socket.close() }
+                    throw error
+                }
+            }
+            return ClientEngine(sockets: sockets, thread: thread, options: options, logger: logger) { (broker) throws(SecureMQError) in
+                try CurveClientSocket(context: context, thread: thread, endpoint: broker.endpoint, serverKey: broker.publicKey,
+                                      keyPair: keyPair, options: background, logger: logger)
+            }
         }
         let client = Client(thread: thread, engine: engine, options: options)
         if options.learnBrokerLimits { await client.learnLimits() }
@@ -123,7 +181,17 @@ public final class Client: Sendable {
         }
     }
 
-    /// The services that have a worker at the broker now (`mmi.services`, PROTOCOL.md C46),
+    /// The brokers this client can place work on now (connected, and not set aside), in the
+    /// order they were given to ``connect(to:keyPair:options:context:logger:)``.
+    public var connectedBrokers: [BrokerAddress] {
+        get async {
+            let box = UncheckedBox(engine)
+            return (try? await thread.run { () throws(SecureMQError) in box.value.links.filter(\.live).map(\.address) }) ?? []
+        }
+    }
+
+    /// The services that have a worker at the broker now (`mmi.services`, PROTOCOL.md C46; with
+    /// several brokers, at the one the query is placed on),
     /// sorted: what to suggest when a service name gets `404`.
     /// - Throws: ``SecureMQError`` `.jobFailed` with status 501 from a broker that does not
     ///   answer it.
