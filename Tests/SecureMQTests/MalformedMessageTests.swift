@@ -168,7 +168,7 @@ struct MalformedMessageTests {
 
 /// Polls `condition` until it holds, failing after `seconds`: waiting for an event, not sleeping
 /// for a guessed time.
-func waitFor(_ what: String, seconds: Int = 10, _ condition: () async throws -> Bool) async throws {
+func waitFor(_ what: String, seconds: Int = 30, _ condition: () async throws -> Bool) async throws {
     let deadline = ContinuousClock.now + .seconds(seconds)
     while ContinuousClock.now < deadline {
         if try await condition() { return }

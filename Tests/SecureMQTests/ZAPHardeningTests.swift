@@ -295,6 +295,14 @@ struct ZAPHardeningTests {
     // MARK: peers' text on the client and the worker
 
     /// A SecureServer playing a broker that answers as the test says.
+    /// The fake broker never heartbeats: with the longest interval a worker allows, a slow
+    /// machine (a loaded CI host) cannot make the worker take it for dead and reconnect mid-test.
+    static var patientWorker: Worker.Options {
+        var options = Worker.Options()
+        options.heartbeatInterval = .seconds(60)
+        return options
+    }
+
     func fakeBroker(allowing keys: [PublicKey]) async throws -> ServerFixture {
         try await ServerFixture.make(allowing: keys)
     }
@@ -348,7 +356,7 @@ struct ZAPHardeningTests {
         let workerKeys = KeyPair.generate()
         let broker = try await fakeBroker(allowing: [workerKeys.publicKey])
         let worker = try await Worker.connect(to: broker.endpoint, brokerKey: broker.serverKeys.publicKey, keyPair: workerKeys,
-                                              service: "echo", context: broker.context)
+                                              service: "echo", options: Self.patientWorker, context: broker.context)
         let ready = try await broker.server.receive(timeout: .seconds(10))
         try await broker.server.send(ControlMessage.disconnect(reason: Self.hostile).encoded(), to: ready.peer)
         var failure: SecureMQError?
@@ -389,7 +397,7 @@ struct ZAPHardeningTests {
         let workerKeys = KeyPair.generate()
         let broker = try await fakeBroker(allowing: [workerKeys.publicKey])
         let worker = try await Worker.connect(to: broker.endpoint, brokerKey: broker.serverKeys.publicKey, keyPair: workerKeys,
-                                              service: "echo", context: broker.context)
+                                              service: "echo", options: Self.patientWorker, context: broker.context)
         let running = Task {
             if inPlace { try await worker.serveInPlace { _, _ in throw HugeError() } } else { try await worker.run { _ in throw HugeError() } }
         }
