@@ -56,7 +56,8 @@ final class CurveServerSocket {
             var current = first.keyPair.publicKey
             for (endpoint, keyPair) in listeners {
                 if keyPair.publicKey != current {
-                    try socket.setCurveSecretKey(keyPair)
+                    // Only the secret key changes: CURVE_SERVER and the ZAP domain stay as set.
+                    try keyPair.secretKey.withUnsafeBytes { (secret) throws(SecureMQError) in try socket.set(ZMQ_CURVE_SECRETKEY, bytes: secret) }
                     current = keyPair.publicKey
                 }
                 try socket.bind(endpoint)

@@ -25,12 +25,6 @@ extension ZMQSocket {
         try set(zmqZAPEnforceDomain, 1)
     }
 
-    /// The server's secret key for the endpoints bound from now on; those bound earlier keep the
-    /// key they were bound with (libzmq copies options into a listener at bind).
-    func setCurveSecretKey(_ keyPair: KeyPair) throws(SecureMQError) {
-        try keyPair.secretKey.withUnsafeBytes { (secret) throws(SecureMQError) in try set(ZMQ_CURVE_SECRETKEY, bytes: secret) }
-    }
-
     /// A CURVE client that knows the server's public key.
     func configureCurveClient(keyPair: KeyPair, serverKey: PublicKey) throws(SecureMQError) {
         try set(ZMQ_CURVE_SERVERKEY, bytes: serverKey.bytes)
