@@ -57,7 +57,8 @@ final class CurveServerSocket {
             for (endpoint, keyPair) in listeners {
                 if keyPair.publicKey != current {
                     // Only the secret key changes: CURVE_SERVER and the ZAP domain stay as set.
-                    try keyPair.secretKey.withUnsafeBytes { (secret) throws(SecureMQError) in try socket.set(ZMQ_CURVE_SECRETKEY, bytes: secret) }
+                    let router = socket
+                    try keyPair.secretKey.withUnsafeBytes { (secret) throws(SecureMQError) in try router.set(ZMQ_CURVE_SECRETKEY, bytes: secret) }
                     current = keyPair.publicKey
                 }
                 try socket.bind(endpoint)
