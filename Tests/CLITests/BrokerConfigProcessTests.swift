@@ -74,6 +74,18 @@ struct BrokerConfigProcessTests {
         try await broker.stop()
     }
 
+    /// deploy/secure-broker.json is a configuration the broker accepts, and says what it claims.
+    @Test func theExampleConfigurationIsValid() async throws {
+        let harness = try ProcessHarness("broker-config-example")
+        defer { harness.tearDown() }
+        let example = AbusePeers.packageRoot + "/deploy/secure-broker.json"
+        let result = try await harness.run("secure-broker", ["--config", example, "--print-config"])
+        let settings = try printedConfig(result)
+        #expect(settings["cert"] as? [String] == ["/etc/securemq/broker.key_secret"])
+        #expect(settings["metrics-endpoint"] as? String == "127.0.0.1:9464")
+        #expect(settings["log-format"] as? String == "json")
+    }
+
     /// Each mistake in a file: one `Error:` line naming the key (and the file), a non-zero exit,
     /// no broker started.
     @Test(arguments: [
