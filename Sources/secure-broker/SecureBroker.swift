@@ -236,13 +236,13 @@ struct SecureBroker: AsyncParsableCommand {
         do {
             settings = try await BrokerSettings.resolve(flags: flagLayer(), configFile: config ?? ProcessInfo.processInfo.environment["SMQ_BROKER_CONFIG"])
         } catch let error as SettingsError {
-            fail(error.message)
+            fail(error.message, status: usageError)
         }
         do {
             configuration = try Self.makeConfiguration(settings)
         } catch {
             let message = (error as? ValidationError)?.message ?? "\(error)"
-            fail(message + settings.origin(ofSettingIn: message))
+            fail(message + settings.origin(ofSettingIn: message), status: usageError)
         }
         if printConfig {
             print(settings.json())
@@ -379,11 +379,16 @@ struct BrokerService: Service {
     }
 }
 
-/// Prints `Error: …` to stderr and exits 1: user mistakes get a sentence, not a stack trace.
-func fail(_ message: String) -> Never {
+/// The exit status of a bad setting, whether from a flag, a variable or the file: EX_USAGE (64),
+/// as ArgumentParser exits for a flag it cannot parse.
+let usageError: Int32 = 64
+
+/// Prints `Error: …` to stderr and exits (1 unless told): user mistakes get a sentence, not a
+/// stack trace.
+func fail(_ message: String, status: Int32 = 1) -> Never {
     let line = "Error: \(message)\n"
     _ = line.withCString { write(STDERR_FILENO, $0, strlen($0)) }
-    exit(1)
+    exit(status)
 }
 
 enum ByteSize {

@@ -112,7 +112,7 @@ struct BrokerConfigProcessTests {
             Issue.record("secure-broker \(result.termination)\n\(result.transcript)")
             return
         }
-        #expect(status != 0, "\(text) was accepted\n\(result.transcript)")
+        #expect(status == 64, "\(text): exit status \(status), not EX_USAGE\n\(result.transcript)")
         #expect(result.errorLines.count == 1, "\(result.transcript)")
         let error = result.errorLines.first ?? ""
         #expect(error.contains(culprit), "'\(error)' does not name '\(culprit)'")
