@@ -1,4 +1,6 @@
 import ArgumentParser
+import Configuration
+import Foundation
 import Glibc
 import Logging
 import SecureMQ
@@ -18,6 +20,10 @@ struct SecureBroker: AsyncParsableCommand {
             allowed services come from its allowlist entry, never from what it sends. The allowlist is reloaded when \
             its files' contents change and on SIGHUP; a removed key loses its live connections' rights within \
             about one check interval. SIGTERM or SIGINT drains in-flight work, then exits 0.
+
+            Settings: flags > environment variables (SMQ_BROKER_ + the flag's name in capitals, - as _: \
+            SMQ_BROKER_MAX_JOBS=64, lists comma-separated) > the --config JSON file (keys are the flags' names: \
+            {"max-jobs": 64, "endpoint": ["tcp://*:5555"]}) > defaults. --print-config shows the result.
             """,
         version: SecureMQVersion.current
     )
@@ -25,144 +31,197 @@ struct SecureBroker: AsyncParsableCommand {
     @Option(name: .customLong("endpoint"), help: "Endpoint to bind; repeat for several. (default: tcp://*:5555)")
     var endpoints: [String] = []
 
-    @Option(help: "The broker's secret certificate file (mode 0600).")
-    var cert: String = "certs/broker.key_secret"
+    @Option(name: .customLong("cert"), help: "The broker's secret certificate file (mode 0600). One serves every endpoint; or repeat it, one per --endpoint, paired in order, to rotate keys: the old key on one endpoint, the new on another. (default: certs/broker.key_secret)")
+    var certs: [String] = []
 
-    @Option(help: "Directory of the public certificates allowed in.")
-    var allowlist: String = "certs/allowed"
+    @Option(help: "Directory of the public certificates allowed in. (default: certs/allowed)")
+    var allowlist: String?
 
-    @Option(help: "Dispatch strategy: weighted (by allowlist weight) or round-robin.")
-    var strategy: String = "weighted"
+    @Option(help: "libzmq I/O threads (they do the CURVE encryption; each connection stays on one). 1–64. (default: \(SecureBroker.defaultIOThreads))")
+    var ioThreads: Int?
 
-    @Option(help: "Fragments in flight per worker key: min(asked credit, weight × base-window). 1–100000.")
-    var baseWindow: Int = 32
+    @Option(help: "Dispatch strategy: weighted (by allowlist weight) or round-robin. (default: weighted)")
+    var strategy: String?
 
-    @Option(help: "Budget of fragments held (queued, in flight, results a client has not read yet); each costs max(body, 1 KiB). Beyond it, or beyond a client's share (budget / (other clients holding work + 2)), SUBMIT gets BUSY. Suffixes K, M, G.")
-    var byteBudget: String = "256M"
+    @Option(help: "Fragments in flight per worker key: min(asked credit, weight × base-window). 1–100000. (default: 32)")
+    var baseWindow: Int?
 
-    @Option(help: "Fragments held at once, whatever their size, shared by clients like the byte budget; beyond it SUBMIT gets BUSY. 1–16777216.")
-    var maxFragments: Int = 65_536
+    @Option(help: "Budget of fragments held (queued, in flight, results a client has not read yet); each costs max(body, 1 KiB). Beyond it, or beyond a client's share (budget / (other clients holding work + 2)), SUBMIT gets BUSY. Suffixes K, M, G. (default: 256M)")
+    var byteBudget: String?
 
-    @Option(help: "Largest fragment body accepted (requests and results). Suffixes K, M; at most 256M.")
-    var maxFragment: String = "1M"
+    @Option(help: "Fragments held at once, whatever their size, shared by clients like the byte budget; beyond it SUBMIT gets BUSY. 1–16777216. (default: 65536)")
+    var maxFragments: Int?
 
-    @Option(help: "Role of an allowlisted key whose certificate names none: client, worker or both.")
-    var defaultRole: String = "client"
+    @Option(help: "Largest fragment body accepted (requests and results). Suffixes K, M; at most 256M. (default: 1M)")
+    var maxFragment: String?
 
-    @Option(help: "Open jobs per client at once (one more gets BUSY). 1–100000.")
-    var maxJobs: Int = 64
+    @Option(help: "Role of an allowlisted key whose certificate names none: client, worker or both. (default: client)")
+    var defaultRole: String?
 
-    @Option(help: "Ended (failed or cancelled) job ids remembered so stray SUBMITs get 410; oldest forgotten first. 0–16777216.")
-    var maxEndedJobs: Int = 16_384
+    @Option(help: "Open jobs per client at once (one more gets BUSY). 1–100000. (default: 64)")
+    var maxJobs: Int?
 
-    @Option(help: "Connections one key may have open at once; more get DISCONNECT. 1–100000.")
-    var maxConnectionsPerKey: Int = 16
+    @Option(help: "Ended (failed or cancelled) job ids remembered so stray SUBMITs get 410; oldest forgotten first. 0–16777216. (default: 16384)")
+    var maxEndedJobs: Int?
 
-    @Option(help: "Seconds a fragment waits for a service with no worker before its job fails with 404. 0.001–86400.")
-    var serviceTimeout: Double = 10
+    @Option(help: "Connections one key may have open at once; more get DISCONNECT. 1–100000. (default: 16)")
+    var maxConnectionsPerKey: Int?
 
-    @Option(help: "Seconds a worker may hold one fragment; past it the worker gets DISCONNECT and the fragment is requeued and charged (504 after max-deliveries). 1–604800.")
-    var workLease: Double = 300
+    @Option(help: "Seconds a fragment waits for a service with no worker before its job fails with 404. 0.001–86400. (default: 10)")
+    var serviceTimeout: Double?
 
-    @Option(help: "Seconds a client may leave its results unread (its work is not dispatched meanwhile) before it is dropped like a vanished client. 1–86400.")
-    var slowClientTimeout: Double = 60
+    @Option(help: "Seconds a worker may hold one fragment; past it the worker gets DISCONNECT and the fragment is requeued and charged (504 after max-deliveries). 1–604800. (default: 300)")
+    var workLease: Double?
 
-    @Option(help: "Messages libzmq queues per peer connection each way (ZMQ_SNDHWM and ZMQ_RCVHWM of the ROUTER); beyond it results wait in that client's outbox, counted against it, and a peer that sends faster than the broker reads waits in TCP. 1–100000.")
-    var peerHwm: Int = 32
+    @Option(help: "Seconds a client may leave its results unread (its work is not dispatched meanwhile) before it is dropped like a vanished client. 1–86400. (default: 60)")
+    var slowClientTimeout: Double?
 
-    @Option(help: "Replies (results, FAILED, BUSY) one client connection may leave unread in the broker beyond libzmq's queue; one more and it gets DISCONNECT as a slow consumer. 1–16777216.")
-    var maxOutbox: Int = 4096
+    @Option(help: "Messages libzmq queues per peer connection each way (ZMQ_SNDHWM and ZMQ_RCVHWM of the ROUTER); beyond it results wait in that client's outbox, counted against it, and a peer that sends faster than the broker reads waits in TCP. 1–100000. (default: 32)")
+    var peerHwm: Int?
 
-    @Option(help: "Heartbeat interval expected of clients, in milliseconds. 100–60000.")
-    var heartbeatMs: Int = 2500
+    @Option(help: "Replies (results, FAILED, BUSY) one client connection may leave unread in the broker beyond libzmq's queue; one more and it gets DISCONNECT as a slow consumer. 1–16777216. (default: 4096)")
+    var maxOutbox: Int?
 
-    @Option(help: "Intervals of silence after which a peer is dead. 1–1000.")
-    var liveness: Int = 3
+    @Option(help: "Heartbeat interval expected of clients, in milliseconds. 100–60000. (default: 2500)")
+    var heartbeatMs: Int?
 
-    @Option(help: "Deliveries of one fragment before its job fails with 504. 1–1000.")
-    var maxDeliveries: Int = 5
+    @Option(help: "Intervals of silence after which a peer is dead. 1–1000. (default: 3)")
+    var liveness: Int?
 
-    @Option(help: "Seconds a graceful shutdown waits for in-flight fragments. 0–86400.")
-    var drainTimeout: Double = 10
+    @Option(help: "Deliveries of one fragment before its job fails with 504. 1–1000. (default: 5)")
+    var maxDeliveries: Int?
 
-    @Option(help: "Seconds between two log lines of one kind about one peer key; the next line says how many were suppressed. 0.001–3600.")
-    var logInterval: Double = 10
+    @Option(help: "Seconds a graceful shutdown waits for in-flight fragments. 0–86400. (default: 10)")
+    var drainTimeout: Double?
 
-    @Option(help: "Seconds between statistics log lines. 1–86400.")
-    var statsInterval: Int = 60
+    @Option(help: "Seconds between two log lines of one kind about one peer key; the next line says how many were suppressed. 0.001–3600. (default: 10)")
+    var logInterval: Double?
 
-    @Option(help: "Log level: trace, debug, info, notice, warning, error.")
-    var logLevel: String = "info"
+    @Option(help: "Seconds between statistics log lines. 1–86400. (default: 60)")
+    var statsInterval: Int?
+
+    @Option(help: "Log level: trace, debug, info, notice, warning, error. (default: info)")
+    var logLevel: String?
 
     @Option(help: "Serve Prometheus metrics at http://HOST:PORT/metrics (an IPv4 address or localhost; port 0 picks one and logs it). Off by default; keep it on a private interface.")
     var metricsEndpoint: String?
 
-    @Option(help: "Log format: text (one readable line per event) or json (one JSON object per line, for log shippers).")
-    var logFormat: String = "text"
+    @Option(help: "Log format: text (one readable line per event) or json (one JSON object per line, for log shippers). (default: text)")
+    var logFormat: String?
 
     @Flag(help: "Load the secret certificate even if group/world can read it.")
     var allowInsecureSecret = false
 
-    func validate() throws {
-        guard PeerRole(rawValue: defaultRole) != nil else {
-            throw ValidationError("--default-role must be client, worker or both, not '\(defaultRole)'")
-        }
-        guard (1...86_400).contains(statsInterval) else { throw ValidationError("--stats-interval must be 1–86400 seconds, got \(statsInterval)") }
-        guard Logger.Level(rawValue: logLevel) != nil else {
-            throw ValidationError("--log-level must be one of trace, debug, info, notice, warning, error, critical")
-        }
-        guard ["text", "json"].contains(logFormat) else { throw ValidationError("--log-format must be text or json, not '\(logFormat)'") }
-        if let metricsEndpoint, MetricsAddress(metricsEndpoint) == nil {
-            throw ValidationError("--metrics-endpoint must be HOST:PORT with an IPv4 address or localhost, such as 127.0.0.1:9464; got '\(metricsEndpoint)'")
-        }
-        _ = try makeConfiguration()
+    @Option(help: "A JSON file of settings keyed by the flags' names ({\"max-jobs\": 64, \"endpoint\": [\"tcp://*:5555\"]}); an unknown key, a wrong type or a value out of range is an error. Flags > environment (SMQ_BROKER_MAX_JOBS=64, …) > this file > defaults. Also SMQ_BROKER_CONFIG.")
+    var config: String?
+
+    @Flag(help: "Print the effective settings (flags > environment > file > defaults) as JSON, a valid --config file, and exit. Certificates appear as paths only.")
+    var printConfig = false
+
+    /// libzmq I/O threads when neither flag, environment nor file says: see docs/ARCHITECTURE.md,
+    /// "Endpoints, keys and I/O threads", for the measurement behind it.
+    static let defaultIOThreads = 1
+
+    /// The settings given as flags, by name: the top layer of ``BrokerSettings``.
+    func flagLayer() -> [String: ConfigContent] {
+        var layer: [String: ConfigContent] = [:]
+        func put(_ key: String, _ value: ConfigContent?) { if let value { layer[key] = value } }
+        if !endpoints.isEmpty { layer["endpoint"] = .stringArray(endpoints) }
+        if !certs.isEmpty { layer["cert"] = .stringArray(certs) }
+        put("allowlist", allowlist.map(ConfigContent.string))
+        put("io-threads", ioThreads.map(ConfigContent.int))
+        put("strategy", strategy.map(ConfigContent.string))
+        put("base-window", baseWindow.map(ConfigContent.int))
+        put("byte-budget", byteBudget.map(ConfigContent.string))
+        put("max-fragments", maxFragments.map(ConfigContent.int))
+        put("max-fragment", maxFragment.map(ConfigContent.string))
+        put("default-role", defaultRole.map(ConfigContent.string))
+        put("max-jobs", maxJobs.map(ConfigContent.int))
+        put("max-ended-jobs", maxEndedJobs.map(ConfigContent.int))
+        put("max-connections-per-key", maxConnectionsPerKey.map(ConfigContent.int))
+        put("service-timeout", serviceTimeout.map(ConfigContent.double))
+        put("work-lease", workLease.map(ConfigContent.double))
+        put("slow-client-timeout", slowClientTimeout.map(ConfigContent.double))
+        put("peer-hwm", peerHwm.map(ConfigContent.int))
+        put("max-outbox", maxOutbox.map(ConfigContent.int))
+        put("heartbeat-ms", heartbeatMs.map(ConfigContent.int))
+        put("liveness", liveness.map(ConfigContent.int))
+        put("max-deliveries", maxDeliveries.map(ConfigContent.int))
+        put("drain-timeout", drainTimeout.map(ConfigContent.double))
+        put("log-interval", logInterval.map(ConfigContent.double))
+        put("stats-interval", statsInterval.map(ConfigContent.int))
+        put("log-level", logLevel.map(ConfigContent.string))
+        put("log-format", logFormat.map(ConfigContent.string))
+        put("metrics-endpoint", metricsEndpoint.map(ConfigContent.string))
+        if allowInsecureSecret { layer["allow-insecure-secret"] = .bool(true) }
+        return layer
     }
 
-    /// Seconds from a flag as a duration: NaN, infinities, negatives and values out of range are
+    /// Seconds from a setting as a duration: NaN, infinities, negatives and values out of range are
     /// refused with the flag's name, never converted (converting 1e300 would trap).
-    private func seconds(_ value: Double, _ flag: String, _ range: ClosedRange<Double>) throws -> Duration {
+    private static func seconds(_ value: Double, _ flag: String, _ range: ClosedRange<Double>) throws -> Duration {
         guard let nanos = BrokerRules.nanoseconds(fromSeconds: value, in: range) else {
             throw ValidationError("\(flag) must be a number of seconds from \(range.lowerBound) to \(range.upperBound), got \(value)")
         }
         return .nanoseconds(Int64(nanos))
     }
 
-    private func within(_ value: Int, _ flag: String, _ range: ClosedRange<Int>) throws -> Int {
+    private static func within(_ value: Int, _ flag: String, _ range: ClosedRange<Int>) throws -> Int {
         guard range.contains(value) else { throw ValidationError("\(flag) must be \(range.lowerBound)–\(range.upperBound), got \(value)") }
         return value
     }
 
-    /// Every flag checked and turned into the library's configuration.
-    func makeConfiguration() throws -> BrokerConfiguration {
-        guard let strategy = BrokerConfiguration.Strategy(strategy) else {
-            throw ValidationError("--strategy must be 'weighted' or 'round-robin', not '\(self.strategy)'")
+    /// Every setting checked and turned into the library's configuration (endpoint key pairs
+    /// are added once the certificates are loaded).
+    static func makeConfiguration(_ s: BrokerSettings) throws -> BrokerConfiguration {
+        guard PeerRole(rawValue: s.string("default-role")) != nil else {
+            throw ValidationError("--default-role must be client, worker or both, not '\(s.string("default-role"))'")
+        }
+        _ = try within(s.int("stats-interval"), "--stats-interval", 1...86_400)
+        guard Logger.Level(rawValue: s.string("log-level")) != nil else {
+            throw ValidationError("--log-level must be one of trace, debug, info, notice, warning, error, critical")
+        }
+        guard ["text", "json"].contains(s.string("log-format")) else { throw ValidationError("--log-format must be text or json, not '\(s.string("log-format"))'") }
+        if let metricsEndpoint = s.optionalString("metrics-endpoint"), MetricsAddress(metricsEndpoint) == nil {
+            throw ValidationError("--metrics-endpoint must be HOST:PORT with an IPv4 address or localhost, such as 127.0.0.1:9464; got '\(metricsEndpoint)'")
+        }
+        _ = try within(s.int("io-threads"), "--io-threads", SecureContext.ioThreadRange)
+        let endpoints = s.strings("endpoint")
+        let certs = s.strings("cert")
+        guard !endpoints.isEmpty else { throw ValidationError("--endpoint: give at least one endpoint") }
+        guard certs.count == 1 || certs.count == endpoints.count else {
+            throw ValidationError("--cert given \(certs.count) times for \(endpoints.count) --endpoint: give one certificate for every endpoint, or exactly one per --endpoint, paired in order")
+        }
+        guard let strategy = BrokerConfiguration.Strategy(s.string("strategy")) else {
+            throw ValidationError("--strategy must be 'weighted' or 'round-robin', not '\(s.string("strategy"))'")
         }
         var configuration = BrokerConfiguration()
-        configuration.endpoints = endpoints.isEmpty ? ["tcp://*:5555"] : endpoints
+        configuration.endpoints = endpoints
         configuration.strategy = strategy
-        configuration.baseWindow = try within(baseWindow, "--base-window", 1...100_000)
+        configuration.baseWindow = try within(s.int("base-window"), "--base-window", 1...100_000)
+        let byteBudget = s.string("byte-budget"), maxFragment = s.string("max-fragment")
         configuration.byteBudget = try ByteSize.parse(byteBudget, option: "--byte-budget")
-        configuration.maxFragments = try within(maxFragments, "--max-fragments", 1...(1 << 24))
+        configuration.maxFragments = try within(s.int("max-fragments"), "--max-fragments", 1...(1 << 24))
         configuration.maxFragmentSize = try ByteSize.parse(maxFragment, option: "--max-fragment")
         guard configuration.maxFragmentSize <= 256 << 20 else { throw ValidationError("--max-fragment must be at most 256M, got '\(maxFragment)'") }
         guard configuration.byteBudget <= 1 << 40 else { throw ValidationError("--byte-budget must be at most 1024G, got '\(byteBudget)'") }
         guard configuration.byteBudget >= max(configuration.maxFragmentSize, BrokerRules.fragmentFloor) else {
             throw ValidationError("--byte-budget (\(byteBudget)) must be at least --max-fragment (\(maxFragment)) and 1K")
         }
-        configuration.defaultRole = PeerRole(rawValue: defaultRole) ?? .client
-        configuration.maxJobsPerClient = try within(maxJobs, "--max-jobs", 1...100_000)
-        configuration.maxEndedJobs = try within(maxEndedJobs, "--max-ended-jobs", 0...(1 << 24))
-        configuration.maxConnectionsPerKey = try within(maxConnectionsPerKey, "--max-connections-per-key", 1...100_000)
-        configuration.serviceTimeout = try seconds(serviceTimeout, "--service-timeout", 0.001...86_400)
-        configuration.workLease = try seconds(workLease, "--work-lease", 1...604_800)
-        configuration.slowClientTimeout = try seconds(slowClientTimeout, "--slow-client-timeout", 1...86_400)
-        configuration.peerHighWaterMark = try within(peerHwm, "--peer-hwm", 1...100_000)
-        configuration.maxOutbox = try within(maxOutbox, "--max-outbox", 1...(1 << 24))
-        configuration.heartbeatInterval = .milliseconds(try within(heartbeatMs, "--heartbeat-ms", 100...60_000))
-        configuration.liveness = try within(liveness, "--liveness", 1...1000)
-        configuration.maxDeliveries = try within(maxDeliveries, "--max-deliveries", 1...1000)
-        configuration.drainTimeout = try seconds(drainTimeout, "--drain-timeout", 0...86_400)
-        configuration.logInterval = try seconds(logInterval, "--log-interval", 0.001...3600)
+        configuration.defaultRole = PeerRole(rawValue: s.string("default-role")) ?? .client
+        configuration.maxJobsPerClient = try within(s.int("max-jobs"), "--max-jobs", 1...100_000)
+        configuration.maxEndedJobs = try within(s.int("max-ended-jobs"), "--max-ended-jobs", 0...(1 << 24))
+        configuration.maxConnectionsPerKey = try within(s.int("max-connections-per-key"), "--max-connections-per-key", 1...100_000)
+        configuration.serviceTimeout = try seconds(s.double("service-timeout"), "--service-timeout", 0.001...86_400)
+        configuration.workLease = try seconds(s.double("work-lease"), "--work-lease", 1...604_800)
+        configuration.slowClientTimeout = try seconds(s.double("slow-client-timeout"), "--slow-client-timeout", 1...86_400)
+        configuration.peerHighWaterMark = try within(s.int("peer-hwm"), "--peer-hwm", 1...100_000)
+        configuration.maxOutbox = try within(s.int("max-outbox"), "--max-outbox", 1...(1 << 24))
+        configuration.heartbeatInterval = .milliseconds(try within(s.int("heartbeat-ms"), "--heartbeat-ms", 100...60_000))
+        configuration.liveness = try within(s.int("liveness"), "--liveness", 1...1000)
+        configuration.maxDeliveries = try within(s.int("max-deliveries"), "--max-deliveries", 1...1000)
+        configuration.drainTimeout = try seconds(s.double("drain-timeout"), "--drain-timeout", 0...86_400)
+        configuration.logInterval = try seconds(s.double("log-interval"), "--log-interval", 0.001...3600)
         do {
             try configuration.validate()
         } catch {
@@ -172,8 +231,26 @@ struct SecureBroker: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let level = Logger.Level(rawValue: logLevel) ?? .info
-        let json = logFormat == "json"
+        let settings: BrokerSettings
+        var configuration: BrokerConfiguration
+        do {
+            settings = try await BrokerSettings.resolve(flags: flagLayer(), configFile: config ?? ProcessInfo.processInfo.environment["SMQ_BROKER_CONFIG"])
+        } catch let error as SettingsError {
+            fail(error.message, status: usageError)
+        }
+        do {
+            configuration = try Self.makeConfiguration(settings)
+        } catch {
+            let message = (error as? ValidationError)?.message ?? "\(error)"
+            fail(message + settings.origin(ofSettingIn: message), status: usageError)
+        }
+        if printConfig {
+            print(settings.json())
+            return
+        }
+
+        let level = Logger.Level(rawValue: settings.string("log-level")) ?? .info
+        let json = settings.string("log-format") == "json"
         LoggingSystem.bootstrap { label in
             if json { return JSONLogHandler(label: label, level: level) }
             var handler = StreamLogHandler.standardError(label: label)
@@ -182,22 +259,29 @@ struct SecureBroker: AsyncParsableCommand {
         }
         let logger = Logger(label: "secure-broker")
 
-        let configuration: BrokerConfiguration
         do {
-            configuration = try makeConfiguration()
-        } catch {
-            fail((error as? ValidationError)?.message ?? "\(error)")
-        }
-
-        do {
-            let certificate = try Certificate.load(path: cert, allowInsecurePermissions: allowInsecureSecret)
-            let keyPair = try certificate.keyPair()
-            let allowed = try Allowlist(directory: allowlist, logger: logger)
+            // One load per file: the same certificate named for two endpoints is one key pair.
+            var loaded: [String: KeyPair] = [:]
+            var pairs: [KeyPair] = []
+            for path in settings.strings("cert") {
+                if let pair = loaded[path] {
+                    pairs.append(pair)
+                    continue
+                }
+                let certificate = try Certificate.load(path: path, allowInsecurePermissions: settings.bool("allow-insecure-secret"))
+                let pair = try certificate.keyPair()
+                loaded[path] = pair
+                pairs.append(pair)
+            }
+            if pairs.count > 1 { configuration.endpointKeyPairs = pairs }
+            let allowed = try Allowlist(directory: settings.string("allowlist"), logger: logger)
+            let context = try SecureContext(ioThreads: settings.int("io-threads"), logger: logger)
             logger.info("secure-broker starting", metadata: [
-                "version": "\(SecureMQVersion.current)", "settings": "\(effectiveSettings(configuration))",
+                "version": "\(SecureMQVersion.current)", "settings": "\(effectiveSettings(configuration, settings))",
             ])
-            let service = BrokerService(statsInterval: .seconds(statsInterval), keyPair: keyPair, allowlist: allowed, configuration: configuration,
-                                        metrics: metricsEndpoint.flatMap(MetricsAddress.init), logger: logger)
+            let service = BrokerService(statsInterval: .seconds(settings.int("stats-interval")), keyPair: pairs[0], allowlist: allowed,
+                                        configuration: configuration, context: context, certs: settings.strings("cert"),
+                                        metrics: settings.optionalString("metrics-endpoint").flatMap(MetricsAddress.init), logger: logger)
             let group = ServiceGroup(configuration: .init(
                 services: [.init(service: service)],
                 gracefulShutdownSignals: [.sigterm, .sigint],
@@ -216,11 +300,15 @@ struct BrokerService: Service {
     let keyPair: KeyPair
     let allowlist: Allowlist
     let configuration: BrokerConfiguration
+    let context: SecureContext
+    /// The certificate file behind each endpoint (one for all, or one each).
+    let certs: [String]
     let metrics: MetricsAddress?
     let logger: Logger
 
     func run() async throws {
-        let broker = try await Broker.start(keyPair: keyPair, allowlist: allowlist, configuration: configuration, logger: logger)
+        let broker = try await Broker.start(keyPair: keyPair, allowlist: allowlist, configuration: configuration,
+                                            context: context, logger: logger)
         var metricsTask: Task<Void, Never>?
         if let metrics {
             let publisher = BrokerMetricsPublisher()
@@ -238,9 +326,17 @@ struct BrokerService: Service {
             }
         }
         defer { metricsTask?.cancel() }
+        // Which key each endpoint serves: during a rotation an operator checks here that the old
+        // and the new key are both up before moving peers (docs/ARCHITECTURE.md).
+        for (index, (endpoint, key)) in zip(broker.endpoints, broker.endpointKeys).enumerated() {
+            logger.info("serving endpoint", metadata: [
+                "endpoint": "\(endpoint)", "key": "\(key.fingerprint)", "cert": "\(certs[certs.count == 1 ? 0 : index])",
+            ])
+        }
         logger.info("listening", metadata: [
             "endpoints": "\(broker.endpoints.joined(separator: " "))", "strategy": "\(configuration.strategy)",
-            "key": "\(keyPair.publicKey.fingerprint)",
+            "key": "\(Set(broker.endpointKeys).count == 1 ? keyPair.publicKey.fingerprint : broker.endpointKeys.map(\.fingerprint).joined(separator: ","))",
+            "ioThreads": "\(context.ioThreads)",
         ])
         // SIGHUP: reload the allowlist now (it is also checked by content every second).
         let reloads = Task {
@@ -283,11 +379,16 @@ struct BrokerService: Service {
     }
 }
 
-/// Prints `Error: …` to stderr and exits 1: user mistakes get a sentence, not a stack trace.
-func fail(_ message: String) -> Never {
+/// The exit status of a bad setting, whether from a flag, a variable or the file: EX_USAGE (64),
+/// as ArgumentParser exits for a flag it cannot parse.
+let usageError: Int32 = 64
+
+/// Prints `Error: …` to stderr and exits (1 unless told): user mistakes get a sentence, not a
+/// stack trace.
+func fail(_ message: String, status: Int32 = 1) -> Never {
     let line = "Error: \(message)\n"
     _ = line.withCString { write(STDERR_FILENO, $0, strlen($0)) }
-    exit(1)
+    exit(status)
 }
 
 enum ByteSize {
@@ -302,18 +403,20 @@ enum ByteSize {
 
 extension SecureBroker {
     /// The settings in effect, in one line an operator can read and diff (no secret: the
-    /// certificate's path, never its contents).
-    func effectiveSettings(_ c: BrokerConfiguration) -> String {
+    /// certificates' paths, never their contents), with the configuration file read if any.
+    func effectiveSettings(_ c: BrokerConfiguration, _ s: BrokerSettings) -> String {
         [
-            "endpoints=\(c.endpoints.joined(separator: ","))", "cert=\(cert)", "allowlist=\(allowlist)", "strategy=\(c.strategy)",
+            "endpoints=\(c.endpoints.joined(separator: ","))", "cert=\(s.strings("cert").joined(separator: ","))",
+            "allowlist=\(s.string("allowlist"))", "io-threads=\(s.int("io-threads"))", "strategy=\(c.strategy)",
             "base-window=\(c.baseWindow)", "byte-budget=\(c.byteBudget)", "max-fragments=\(c.maxFragments)",
             "max-fragment=\(c.maxFragmentSize)", "default-role=\(c.defaultRole)", "max-jobs=\(c.maxJobsPerClient)",
             "max-ended-jobs=\(c.maxEndedJobs)", "max-connections-per-key=\(c.maxConnectionsPerKey)",
             "service-timeout=\(Self.seconds(c.serviceTimeout))", "work-lease=\(Self.seconds(c.workLease))", "slow-client-timeout=\(Self.seconds(c.slowClientTimeout))",
             "peer-hwm=\(c.peerHighWaterMark)", "max-outbox=\(c.maxOutbox)", "heartbeat=\(Self.seconds(c.heartbeatInterval))",
             "liveness=\(c.liveness)", "max-deliveries=\(c.maxDeliveries)", "drain-timeout=\(Self.seconds(c.drainTimeout))",
-            "log-interval=\(Self.seconds(c.logInterval))", "stats-interval=\(statsInterval)s", "log-level=\(logLevel)", "log-format=\(logFormat)",
-            "metrics-endpoint=\(metricsEndpoint ?? "off")",
+            "log-interval=\(Self.seconds(c.logInterval))", "stats-interval=\(s.int("stats-interval"))s", "log-level=\(s.string("log-level"))",
+            "log-format=\(s.string("log-format"))", "metrics-endpoint=\(s.optionalString("metrics-endpoint") ?? "off")",
+            "config=\(s.configFile ?? "none")",
         ].joined(separator: " ")
     }
 

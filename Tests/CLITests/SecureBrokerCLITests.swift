@@ -17,6 +17,7 @@ let crashMarkers = ["Fatal error", "Stack dump", "Current stack trace", "backtra
         ("--work-lease", "requeued and charged"), ("--slow-client-timeout", "unread"), ("--peer-hwm", "ZMQ_SNDHWM"),
         ("--log-interval", "suppressed"), ("--max-outbox", "slow consumer"),
         ("--metrics-endpoint", "Prometheus"), ("--log-format", "json"), ("--version", "version"),
+        ("--io-threads", "CURVE"), ("--config", "JSON"), ("--print-config", "effective"),
     ]
 
     @Test(.timeLimit(.minutes(2)))

@@ -17,13 +17,16 @@ import SMQBroker
 public final class Broker: Sendable {
     /// The endpoints bound (ports resolved).
     public let endpoints: [String]
+    /// The public key each endpoint serves, in the order of ``endpoints``.
+    public let endpointKeys: [PublicKey]
     let thread: SocketThread
     nonisolated(unsafe) let engine: BrokerEngine
     /// Its context: the ZAP handler's handshake counts (Broker+Metrics.swift).
     let context: SecureContext
 
-    private init(endpoints: [String], thread: SocketThread, engine: BrokerEngine, context: SecureContext) {
+    private init(endpoints: [String], endpointKeys: [PublicKey], thread: SocketThread, engine: BrokerEngine, context: SecureContext) {
         self.endpoints = endpoints
+        self.endpointKeys = endpointKeys
         self.thread = thread
         self.engine = engine
         self.context = context
@@ -35,7 +38,8 @@ public final class Broker: Sendable {
 
     /// Binds the broker's ROUTER socket and starts serving.
     /// - Parameters:
-    ///   - keyPair: the broker's identity; clients and workers need its public key.
+    ///   - keyPair: the broker's identity; clients and workers need its public key. Endpoints
+    ///     named in ``BrokerConfiguration/endpointKeyPairs`` serve their own key pair instead.
     ///   - allowlist: the keys admitted, with their roles, weights and services.
     ///   - configuration: endpoints, strategy, windows, budgets, timeouts.
     ///   - context: the ZeroMQ context (default: the process-wide one).
@@ -51,7 +55,7 @@ public final class Broker: Sendable {
         do {
             let engine = try thread.runAndWait { () throws(SecureMQError) in
                 let server = try CurveServerSocket(
-                    context: context, endpoints: configuration.endpoints, keyPair: keyPair, allowlist: allowlist,
+                    context: context, listeners: configuration.listeners(defaultKeyPair: keyPair), allowlist: allowlist,
                     maxMessageSize: Wire.maxMessageSize(forFragment: configuration.maxFragmentSize),
                     // A small queue per peer, each way, set before the socket binds (a listener
                     // copies the options it binds with; setting them later changes nothing for
@@ -64,7 +68,7 @@ public final class Broker: Sendable {
                 thread.onStop { engine.close() }
                 return engine
             }
-            return Broker(endpoints: engine.server.endpoints, thread: thread, engine: engine, context: context)
+            return Broker(endpoints: engine.server.endpoints, endpointKeys: engine.server.endpointKeys, thread: thread, engine: engine, context: context)
         } catch {
             thread.requestStop()
             throw error

@@ -24,6 +24,12 @@ public struct BrokerConfiguration: Sendable {
 
     /// Endpoints to bind.
     public var endpoints: [String] = ["tcp://*:5555"]
+    /// A key pair per endpoint, for rotating the broker's key without downtime: empty (the
+    /// default) and every endpoint serves the key pair given to ``Broker/start(keyPair:allowlist:configuration:context:logger:)``;
+    /// otherwise exactly one per entry of ``endpoints``, paired in order. Serve the old key on one
+    /// endpoint and the new on another, move peers to the new one, then drop the old
+    /// (docs/ARCHITECTURE.md, "Endpoints, keys and I/O threads").
+    public var endpointKeyPairs: [KeyPair] = []
     public var strategy: Strategy = .weighted
     /// Fragments in flight per worker key = min(asked credit, weight × baseWindow).
     public var baseWindow: Int = 32
@@ -73,11 +79,21 @@ public struct BrokerConfiguration: Sendable {
 
     public init() {}
 
+    /// Each endpoint with the key pair it serves: `keyPair` for all of them unless
+    /// ``endpointKeyPairs`` names one per endpoint.
+    public func listeners(defaultKeyPair keyPair: KeyPair) -> [(endpoint: String, keyPair: KeyPair)] {
+        endpointKeyPairs.count == endpoints.count ? zip(endpoints, endpointKeyPairs).map { ($0, $1) } : endpoints.map { ($0, keyPair) }
+    }
+
     /// Checks the values against their documented ranges.
     /// - Throws: ``SecureMQError`` `.invalidConfiguration` naming the bad value.
     public func validate() throws(SecureMQError) {
         _ = try rules()
         guard !endpoints.isEmpty else { throw SecureMQError(.invalidConfiguration, "the broker needs at least one endpoint") }
+        guard endpointKeyPairs.isEmpty || endpointKeyPairs.count == endpoints.count else {
+            throw SecureMQError(.invalidConfiguration,
+                                "give one key pair per endpoint or none (\(endpoints.count) endpoints, \(endpointKeyPairs.count) key pairs)")
+        }
         guard (1...100_000).contains(peerHighWaterMark) else {
             throw SecureMQError(.invalidConfiguration, "the peer high-water mark must be 1…100000, got \(peerHighWaterMark)")
         }

@@ -30,6 +30,29 @@ public final class SecureContext: @unchecked Sendable {
         self.init(logger: logger, terminationWait: .seconds(5))
     }
 
+    /// The I/O threads a context may be given (``init(ioThreads:logger:)``).
+    public static let ioThreadRange = 1...64
+
+    /// Makes a new ZeroMQ context with `ioThreads` libzmq I/O threads (ZMQ_IO_THREADS).
+    ///
+    /// libzmq does the CURVE encryption of every connection on an I/O thread, and spreads
+    /// connections over them (one connection stays on one thread); the default is one. Set before
+    /// any socket exists, as libzmq requires: a context's threads start with its first socket.
+    /// - Throws: ``SecureMQError`` `.invalidConfiguration` outside ``ioThreadRange``.
+    public convenience init(ioThreads: Int, logger: Logger = Logger(label: "securemq.context")) throws(SecureMQError) {
+        guard Self.ioThreadRange.contains(ioThreads) else {
+            throw SecureMQError(.invalidConfiguration,
+                                "I/O threads must be \(Self.ioThreadRange.lowerBound)–\(Self.ioThreadRange.upperBound), got \(ioThreads)")
+        }
+        self.init(logger: logger, terminationWait: .seconds(5))
+        guard zmq_ctx_set(handle, ZMQ_IO_THREADS, Int32(ioThreads)) == 0 else {
+            throw SecureMQError(.invalidConfiguration, "libzmq refused \(ioThreads) I/O threads (errno \(zmq_errno()))")
+        }
+    }
+
+    /// The libzmq I/O threads of this context (ZMQ_IO_THREADS).
+    public var ioThreads: Int { Int(zmq_ctx_get(handle, ZMQ_IO_THREADS)) }
+
     /// How long deinit waits for zmq_ctx_term before it logs and leaves it to finish, and how
     /// long one refused-handshake log line stands for the others like it (tests set both).
     init(logger: Logger, terminationWait: Duration, zapRefusalLogInterval: Duration = ZAPHandler.refusalLogInterval) {
