@@ -521,14 +521,14 @@ struct BenchWorker: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let (brokerKey, keyPair, logger) = try peer.load()
+        let (brokers, keyPair, logger) = try peer.load()
         var options = Worker.Options()
         options.credit = credit
         options.maxFragmentSize = shape.maxFragment
         options.connection = peer.connectionOptions(waitForBroker: true)
         let worker: Worker
         do {
-            worker = try await Worker.connect(to: peer.broker, brokerKey: brokerKey, keyPair: keyPair, service: shape.service,
+            worker = try await Worker.connect(to: brokers, keyPair: keyPair, service: shape.service,
                                               options: options, logger: logger)
         } catch {
             fail(error.message)
@@ -594,7 +594,7 @@ struct BenchClient: AsyncParsableCommand {
     var payload: String?
 
     func run() async throws {
-        let (brokerKey, keyPair, logger) = try peer.load()
+        let (brokers, keyPair, logger) = try peer.load()
         var options = Client.Options()
         options.maxFragmentSize = shape.maxFragment
         options.connection = peer.connectionOptions()
@@ -604,7 +604,7 @@ struct BenchClient: AsyncParsableCommand {
         }
         let client: Client
         do {
-            client = try await Client.connect(to: peer.broker, brokerKey: brokerKey, keyPair: keyPair, options: options, logger: logger)
+            client = try await Client.connect(to: brokers, keyPair: keyPair, options: options, logger: logger)
         } catch {
             fail(error.message)
         }
