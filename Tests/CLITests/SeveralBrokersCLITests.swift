@@ -203,4 +203,26 @@ import Testing
         #expect(upperCased, "output is not the input upper-cased: \(firstDifference(produced, payload))\n\(result.transcript)")
         #expect(result.stderr.contains("fragments:      301\n"), "\(result.transcript)")
     }
+
+    /// `smq demo --brokers 3`: three brokers, the one holding the job killed with SIGKILL a
+    /// quarter of the way through a 320-fragment job; the job completes byte-exact through the
+    /// others (the loopback variant of issue 12's kill -9 check).
+    @Test(.timeLimit(.minutes(3)))
+    func theDemoKillsTheBrokerHoldingTheJobAndTheJobCompletesThroughTheOthers() async throws {
+        let harness = try ProcessHarness("demo-brokers")
+        defer { harness.tearDown() }
+        let temporary = harness.directory + "/tmp"
+        try FileManager.default.createDirectory(atPath: temporary, withIntermediateDirectories: true)
+        let result = try await harness.run("smq", ["demo", "--brokers", "3", "--size", "10M", "--fragment-size", "32K", "--heartbeat-ms", "500"],
+                                           environment: ["TMPDIR": temporary], timeout: .seconds(150))
+        #expect(result.termination == .exited(0), "\(result.transcript)")
+        let lines = result.stdoutText.split(separator: "\n").map(String.init)
+        #expect(lines.contains { $0.hasPrefix("   SIGKILL to broker-") && $0.contains("after 80 of 320 results") }, "\(result.transcript)")
+        #expect(lines.contains { $0.contains("fragments:      320 of 320, in order; 0 mismatched") }, "\(result.transcript)")
+        #expect(lines.contains { $0.hasPrefix("OK: every fragment came back, in order, and matches the local SHA-256.") }, "\(result.transcript)")
+        #expect(lines.contains { $0.hasPrefix("OK: broker-") && $0.contains("was killed mid-job; the job completed byte-exact through the other 2") },
+                "\(result.transcript)")
+        #expect(lines.contains { $0.hasPrefix("   brokers exited: ") && $0.contains("killed") }, "\(result.transcript)")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: temporary).isEmpty, "the demo left files behind")
+    }
 }
