@@ -104,6 +104,12 @@ struct BenchRun: AsyncParsableCommand {
     @Option(name: [.customShort("c"), .long], help: "Client processes (one key each).")
     var clients: Int = 2
 
+    @Option(help: "Brokers (1…9): every worker serves all of them, every client uses all of them (client i lists broker i mod N first).")
+    var brokers: Int = 1
+
+    @Option(help: "SIGKILL the last broker this many seconds after the clients start, and print failover_ms: from the kill to the answer of the slowest request it held (request mode) or to the first result after the longest stall (job mode), through another broker.")
+    var killBrokerAfter: Double?
+
     @Option(name: [.customShort("k"), .long], help: "Credit each worker asks for in READY (the broker's base window is raised to match).")
     var credit: Int = 100
 
@@ -137,6 +143,12 @@ struct BenchRun: AsyncParsableCommand {
 
     func validate() throws {
         guard (1...64).contains(workers), (1...64).contains(clients) else { throw ValidationError("--workers and --clients must be 1…64") }
+        try OptionCheck.integer(brokers, option: "--brokers", 1...9)
+        guard credit >= brokers else { throw ValidationError("--credit must be at least --brokers: a worker splits its credit over the brokers") }
+        if let killBrokerAfter {
+            try OptionCheck.seconds(killBrokerAfter, option: "--kill-broker-after", allowZero: true)
+            guard brokers >= 2 else { throw ValidationError("--kill-broker-after needs --brokers 2 or more: the job must have somewhere to go") }
+        }
         try OptionCheck.integer(credit, option: "--credit", 1...65_536)
         _ = try ByteSize.parse(byteBudget, option: "--byte-budget")
         if let maxJobs { try OptionCheck.integer(maxJobs, option: "--max-jobs", 1...1_000_000) }
@@ -171,7 +183,8 @@ struct BenchRun: AsyncParsableCommand {
         for index in 0..<clients { _ = try peer("client-\(index)", role: "client") }
         let probeKeys = try peer("probe", role: "client")
 
-        let endpoint = "tcp://127.0.0.1:\(try freeLoopbackPort())"
+        var endpoints: [String] = []
+        for _ in 0..<brokers { endpoints.append("tcp://127.0.0.1:\(try freeLoopbackPort())") }
         let binDir = URL(fileURLWithPath: try executablePath()).deletingLastPathComponent()
         let smq = binDir.appendingPathComponent("smq").path
         let brokerPath = binDir.appendingPathComponent("secure-broker").path
@@ -179,13 +192,22 @@ struct BenchRun: AsyncParsableCommand {
         let started = ContinuousClock.now
         let deadline = started + OptionCheck.duration(seconds: timeout)
 
-        let broker = try children.spawn(wrapper(.broker, 0), brokerPath, [
-            "--endpoint", endpoint, "--cert", certs + "/broker.key_secret", "--allowlist", certs + "/allowed",
-            "--base-window", "\(max(32, credit))", "--byte-budget", byteBudget, "--max-fragment", "\(shape.maxFragment)",
-            "--max-jobs", "\(jobs)", "--drain-timeout", "2", "--log-level", logLevel,
-        ], log: dir + "/broker.log", role: .broker)
+        // One key for every broker: the shape measured is the brokers' work, not key handling.
+        var brokerChildren: [Child] = []
+        for (index, endpoint) in endpoints.enumerated() {
+            brokerChildren.append(try children.spawn(wrapper(.broker, index), brokerPath, [
+                "--endpoint", endpoint, "--cert", certs + "/broker.key_secret", "--allowlist", certs + "/allowed",
+                "--base-window", "\(max(32, credit))", "--byte-budget", byteBudget, "--max-fragment", "\(shape.maxFragment)",
+                "--max-jobs", "\(jobs)", "--drain-timeout", "2", "--log-level", logLevel,
+            ], log: dir + (brokers == 1 ? "/broker.log" : "/broker-\(index).log"), role: .broker))
+        }
+        let broker = brokerChildren[0]
 
-        let common = ["--broker", endpoint, "--broker-key", certs + "/broker.key", "--log-level", logLevel]
+        /// Every broker, starting with broker `first`: clients spread their first choice.
+        func brokerArguments(first: Int) -> [String] {
+            (0..<brokers).flatMap { ["--broker", endpoints[(first + $0) % brokers]] } + ["--broker-key", certs + "/broker.key"]
+        }
+        let common = ["--log-level", logLevel]
         let shapeArguments = [
             "--size", "\(shape.size)", "--reply-size", "\(shape.replySize)", "--inflight", "\(shape.inflight)",
             "--seconds", "\(shape.seconds)", "--warmup", "\(shape.warmup)", "--count", "\(shape.count)",
@@ -193,13 +215,15 @@ struct BenchRun: AsyncParsableCommand {
             "--service", shape.service,
         ]
         for index in 0..<workers {
-            _ = try children.spawn(wrapper(.worker, index), smq, ["bench", "worker"] + common + shapeArguments + [
+            _ = try children.spawn(wrapper(.worker, index), smq, ["bench", "worker"] + brokerArguments(first: 0) + common + shapeArguments + [
                 "--cert", certs + "/worker-\(index).key_secret", "--credit", "\(credit)",
             ], log: dir + "/worker-\(index).log", role: .worker)
         }
 
         // Wait until every worker has said READY, so the clients meet the whole pool.
-        try await waitForWorkers(endpoint: endpoint, brokerKey: brokerKeys.publicKey, probe: probeKeys, children: children, deadline: deadline)
+        for endpoint in endpoints {
+            try await waitForWorkers(endpoint: endpoint, brokerKey: brokerKeys.publicKey, probe: probeKeys, children: children, deadline: deadline)
+        }
 
         // Job mode reads its payload from a file: write it now (not counted: this process is not
         // measured), fsync'd so no writeback runs during the measurement.
@@ -217,12 +241,14 @@ struct BenchRun: AsyncParsableCommand {
             fail("pipe failed: errno \(errno)")
         }
         for index in 0..<clients {
-            _ = try children.spawn(wrapper(.client, index), smq, ["bench", "client"] + common + shapeArguments + [
+            _ = try children.spawn(wrapper(.client, index), smq, ["bench", "client"] + brokerArguments(first: index % brokers) + common + shapeArguments + [
                 "--cert", certs + "/client-\(index).key_secret", "--index", "\(index)",
             ] + clientArguments, log: dir + "/client-\(index).log", role: .client, stdout: fds[1])
         }
         close(fds[1])
-        let lines = readLines(fd: fds[0], until: deadline, children: &children)
+        let victim = killBrokerAfter.map { (at: ContinuousClock.now + OptionCheck.duration(seconds: $0), child: brokerChildren[brokers - 1]) }
+        var killedAt: UInt64?
+        let lines = readLines(fd: fds[0], until: deadline, children: &children, kill: victim, killedAt: &killedAt)
         close(fds[0])
 
         // Clients are done: reap them, take the broker's peak RSS while it still runs, stop the rest.
@@ -238,8 +264,8 @@ struct BenchRun: AsyncParsableCommand {
         // A profiler wrapping a role needs time to write its data after the role exits.
         let grace: Duration = wraps.isEmpty ? .seconds(3) : .seconds(60)
         for child in children.all where child.role == .worker { usage.add(child.role, children.reap(child, grace: grace)) }
-        broker.signal(SIGTERM)
-        usage.add(.broker, children.reap(broker, grace: grace + .seconds(2)))
+        for child in brokerChildren { child.signal(SIGTERM) }
+        for child in brokerChildren { usage.add(.broker, children.reap(child, grace: grace + .seconds(2))) }
 
         let reports = lines.compactMap(ClientReport.init(line:))
         guard reports.count == clients, !failed else {
@@ -258,7 +284,7 @@ struct BenchRun: AsyncParsableCommand {
         let per = total > 0 ? 1e6 / Double(total) : 0
         let fields: [(String, String)] = [
             ("mode", shape.clientMode.rawValue), ("executor", shape.clientExecutor.rawValue), ("sec", "curve"), ("size", "\(shape.size)"), ("reply", "\(shape.replySize)"),
-            ("workers", "\(workers)"), ("clients", "\(clients)"), ("inflight", "\(shape.inflight)"), ("credit", "\(credit)"),
+            ("brokers", "\(brokers)"), ("workers", "\(workers)"), ("clients", "\(clients)"), ("inflight", "\(shape.inflight)"), ("credit", "\(credit)"),
             ("req_per_s", f(rate, 0)), ("MB_per_s_each_way", f(rate * Double(shape.size) / 1e6, 1)),
             ("c0_window_s", f(first.windowSeconds, 2)), ("c0_p50_us", f(first.p50, 1)), ("c0_p99_us", f(first.p99, 1)),
             ("c0_p999_us", f(first.p999, 1)), ("max_client_p99_us", f(maxP99, 1)), ("machine_busy_pct", f(first.busy, 0)),
@@ -272,9 +298,21 @@ struct BenchRun: AsyncParsableCommand {
             ("client_max_maxrss_kib", "\(usage.maxRSS[.client, default: 0])"),
             ("byte_budget", "\(try ByteSize.parse(byteBudget, option: "--byte-budget"))"),
             ("broker_exit", "\(usage.brokerStatus)"),
-        ]
+        ] + failoverFields(reports, killedAt: killedAt)
         print("smq " + fields.map { "\($0.0)=\($0.1)" }.joined(separator: " "))
         flushStandardOutput()
+    }
+
+    /// `failover_ms`: from the SIGKILL to the latest end of a client's longest stall that spans
+    /// it (request mode: the slowest request, sent before the kill; job mode: the longest gap
+    /// between results, ending after it). -1 when no client stalled across the kill.
+    private func failoverFields(_ reports: [ClientReport], killedAt: UInt64?) -> [(String, String)] {
+        guard killBrokerAfter != nil else { return [] }
+        guard let killedAt else { return [("failover_ms", "-1"), ("kill", "not_reached")] }
+        let kill = Double(killedAt)
+        let spans = reports.filter { $0.stallTo > kill && (shape.clientMode == .job || $0.stallFrom < kill) }
+        guard let latest = spans.map(\.stallTo).max() else { return [("failover_ms", "-1")] }
+        return [("failover_ms", f((latest - kill) / 1e6, 1))]
     }
 
     private func waitForWorkers(endpoint: String, brokerKey: PublicKey, probe: KeyPair, children: ChildSet,
@@ -300,18 +338,25 @@ struct BenchRun: AsyncParsableCommand {
     }
 
     /// Reads the clients' result lines until every writer has closed the pipe (or the deadline).
-    private func readLines(fd: Int32, until deadline: ContinuousClock.Instant, children: inout ChildSet) -> [String] {
+    /// With `kill`, SIGKILLs that child at its instant and stores the time (SocketClock) in `killedAt`.
+    private func readLines(fd: Int32, until deadline: ContinuousClock.Instant, children: inout ChildSet,
+                           kill: (at: ContinuousClock.Instant, child: Child)?, killedAt: inout UInt64?) -> [String] {
         var data = [UInt8]()
         var chunk = [UInt8](repeating: 0, count: 4096)
         while true {
-            let left = deadline - ContinuousClock.now
-            guard left > .zero else {
+            if let kill, killedAt == nil, ContinuousClock.now >= kill.at {
+                killedAt = SocketClock.now()
+                kill.child.signal(SIGKILL)
+            }
+            var left = deadline - ContinuousClock.now
+            if let kill, killedAt == nil { left = Swift.min(left, Swift.max(.milliseconds(1), kill.at - ContinuousClock.now)) }
+            guard ContinuousClock.now < deadline else {
                 FileHandle.standardError.write(Data("smq bench: timed out; stopping every process\n".utf8))
                 children.killAll()
                 break
             }
             var item = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-            let ready = poll(&item, 1, Int32(min(1000, max(1, left.components.seconds * 1000))))
+            let ready = poll(&item, 1, Int32(min(1000, max(1, (left / .milliseconds(1)).rounded(.up)))))
             if ready < 0 && errno == EINTR { continue }
             if ready == 0 { continue }
             let n = read(fd, &chunk, chunk.count)
@@ -362,6 +407,8 @@ struct ClientReport {
     let windowSeconds: Double
     let p50, p90, p99, p999, max, busy: Double
     let errors: Int
+    /// The client's longest stall (SocketClock ns; 0 when none): see `BenchLane.stall`.
+    let stallFrom, stallTo: Double
 
     init?(line: String) {
         let parts = line.split(separator: " ")
@@ -383,6 +430,8 @@ struct ClientReport {
         max = values["max_us"] ?? 0
         busy = values["busy"] ?? 0
         errors = Int(values["errors"] ?? 0)
+        stallFrom = values["stall_from_ns"] ?? 0
+        stallTo = values["stall_to_ns"] ?? 0
     }
 }
 
@@ -566,6 +615,14 @@ struct BenchLane: Sendable {
     var last: UInt64 = 0
     var latencies: [UInt64] = []
     var lastError = ""
+    /// The longest stall: request mode, the slowest request (sent, answered); job mode, the
+    /// longest gap between two results (the first one's time, the next one's). What
+    /// `--kill-broker-after` measures failover with.
+    var stall: (from: UInt64, to: UInt64) = (0, 0)
+
+    mutating func noteStall(from: UInt64, to: UInt64) {
+        if to &- from > stall.to &- stall.from { stall = (from, to) }
+    }
 }
 
 final class SharedCounter: Sendable {
@@ -634,7 +691,8 @@ struct BenchClient: AsyncParsableCommand {
             FileHandle.standardError.write(Data("client \(index): \(errors) failed requests, e.g. \(sample)\n".utf8))
         }
         func p(_ q: Double) -> String { String(format: "%.1f", Double(percentile(latencies, q)) / 1e3) }
-        print("C \(index) total=\(total) window_n=\(measured) window_s=\(String(format: "%.4f", window)) p50_us=\(p(50)) p90_us=\(p(90)) p99_us=\(p(99)) p999_us=\(p(99.9)) max_us=\(String(format: "%.1f", Double(latencies.last ?? 0) / 1e3)) busy=\(String(format: "%.0f", CPUStat.busyPercent(before, after))) errors=\(errors)")
+        let stall = lanes.map(\.stall).max { $0.to &- $0.from < $1.to &- $1.from } ?? (0, 0)
+        print("C \(index) total=\(total) window_n=\(measured) window_s=\(String(format: "%.4f", window)) p50_us=\(p(50)) p90_us=\(p(90)) p99_us=\(p(99)) p999_us=\(p(99.9)) max_us=\(String(format: "%.1f", Double(latencies.last ?? 0) / 1e3)) busy=\(String(format: "%.0f", CPUStat.busyPercent(before, after))) errors=\(errors) stall_from_ns=\(stall.from) stall_to_ns=\(stall.to)")
         flushStandardOutput()
         if errors > 0 && measured == 0 { throw ExitCode(3) }
     }
@@ -673,6 +731,7 @@ struct BenchClient: AsyncParsableCommand {
                             continue
                         }
                         let now = SocketClock.now()
+                        state.noteStall(from: sent, to: now)
                         state.total += 1
                         if now >= measureFrom {
                             state.measured += 1
@@ -715,6 +774,7 @@ struct BenchClient: AsyncParsableCommand {
             for try await _ in job {
                 let now = SocketClock.now()
                 let j = handed.count
+                state.noteStall(from: j > 0 ? handed[j - 1] : start, to: now)
                 handed.append(now)
                 state.total += 1
                 if now >= measureFrom {
