@@ -128,6 +128,9 @@ struct BenchRun: AsyncParsableCommand {
     @Option(help: "Log level of the children (their logs go to files in the work directory).")
     var logLevel: String = "warning"
 
+    @Option(help: "The clients' heartbeat interval in milliseconds (a silent broker is given up after liveness × this). (default: the library's)")
+    var clientHeartbeatMs: Int?
+
     @Option(name: .customLong("wrap"), help: ArgumentHelp(
         "Run a role under a profiler: ROLE=COMMAND, e.g. broker='valgrind --tool=callgrind'. {i} in COMMAND becomes the process's number. Repeatable.",
         valueName: "role=command"))
@@ -144,6 +147,7 @@ struct BenchRun: AsyncParsableCommand {
     func validate() throws {
         guard (1...64).contains(workers), (1...64).contains(clients) else { throw ValidationError("--workers and --clients must be 1…64") }
         try OptionCheck.integer(brokers, option: "--brokers", 1...9)
+        if let clientHeartbeatMs { try OptionCheck.integer(clientHeartbeatMs, option: "--client-heartbeat-ms", 100...60_000) }
         guard credit >= brokers else { throw ValidationError("--credit must be at least --brokers: a worker splits its credit over the brokers") }
         if let killBrokerAfter {
             try OptionCheck.seconds(killBrokerAfter, option: "--kill-broker-after", allowZero: true)
@@ -243,7 +247,7 @@ struct BenchRun: AsyncParsableCommand {
         for index in 0..<clients {
             _ = try children.spawn(wrapper(.client, index), smq, ["bench", "client"] + brokerArguments(first: index % brokers) + common + shapeArguments + [
                 "--cert", certs + "/client-\(index).key_secret", "--index", "\(index)",
-            ] + clientArguments, log: dir + "/client-\(index).log", role: .client, stdout: fds[1])
+            ] + (clientHeartbeatMs.map { ["--heartbeat-ms", "\($0)"] } ?? []) + clientArguments, log: dir + "/client-\(index).log", role: .client, stdout: fds[1])
         }
         close(fds[1])
         let victim = killBrokerAfter.map { (at: ContinuousClock.now + OptionCheck.duration(seconds: $0), child: brokerChildren[brokers - 1]) }
@@ -643,8 +647,12 @@ struct BenchClient: AsyncParsableCommand {
     @Option(help: "This client's number in the result line.")
     var index: Int = 0
 
+    @Option(help: "Heartbeat interval in milliseconds (default: the library's).")
+    var heartbeatMs: Int?
+
     func validate() throws {
         try OptionCheck.integer(index, option: "--index", 0...1_000_000)
+        if let heartbeatMs { try OptionCheck.integer(heartbeatMs, option: "--heartbeat-ms", 100...60_000) }  // §4.1
     }
 
     @Option(help: "Job mode: the payload file (count × size bytes; with --seconds the job is cancelled when time is up).")
@@ -655,6 +663,7 @@ struct BenchClient: AsyncParsableCommand {
         var options = Client.Options()
         options.maxFragmentSize = shape.maxFragment
         options.connection = peer.connectionOptions()
+        if let heartbeatMs { options.heartbeatInterval = .milliseconds(heartbeatMs) }
         if shape.clientMode == .job {
             options.fragmentSize = shape.size
             options.window = shape.inflight

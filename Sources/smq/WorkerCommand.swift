@@ -56,7 +56,7 @@ struct WorkerCommand: AsyncParsableCommand {
         } catch {
             fail(error.message)
         }
-        print("worker \(keyPair.publicKey.fingerprint) connected: asked for service \(service), credit \(credit)")
+        print("worker \(keyPair.publicKey.fingerprint) connected: asked for service \(service), credit \(credit)\(brokers.count > 1 ? " split over \(brokers.count) brokers" : "")")
         flushStandardOutput()
         let delay = delayMs
         let crashIndex = crashOnIndex
