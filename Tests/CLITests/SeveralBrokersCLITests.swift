@@ -202,6 +202,43 @@ import Testing
         #expect(result.stderr.contains("fragments:      301\n"), "\(result.transcript)")
     }
 
+    /// One `smq worker` given two brokers (one key each, paired in order) registers at both and
+    /// serves a job submitted through either.
+    @Test(.timeLimit(.minutes(3)))
+    func oneWorkerServesTwoBrokersWithTheirOwnKeys() async throws {
+        let harness = try ProcessHarness("worker-several")
+        defer { harness.tearDown() }
+        let certs = try TestCertificates(in: harness.directory)
+        let second = try TestCertificates(in: harness.directory + "/second")
+        let worker = try certs.worker("two-broker-worker")
+        let client = try certs.client("two-broker-client")
+        try second.allow(worker)
+        try second.allow(client)
+        let first = try await harness.startBroker(certs, name: "broker-1")
+        let other = try await harness.startBroker(second, name: "broker-2")
+        let brokers = try harness.write(Array("""
+            # the second broker has a key of its own
+            \(first.endpoint) \(certs.broker.publicPath)
+            \(other.endpoint) \(second.broker.publicPath)
+
+            """.utf8), to: "brokers.txt")
+        let child = try harness.start("smq", ["worker", "--service", "upper", "--brokers", brokers, "--cert", worker.secretPath],
+                                      name: worker.name, environment: SeveralBrokersOptionTests.clean)
+        for broker in [first, other] {
+            try await broker.child.waitForLine(containing: "worker ready", "key=\(worker.fingerprint) ", "service=upper ")
+        }
+        _ = try await child.waitForLine(containing: "split over 2 brokers", in: .stdout)
+        for (broker, keys) in [(first, certs), (other, second)] {
+            let input = try harness.write(Array("through \(broker.endpoint)".utf8), to: "input-\(broker.port)")
+            let result = try await harness.run("smq", [
+                "submit", input, "--service", "upper", "--output", "-", "--broker", broker.endpoint,
+                "--broker-key", keys.broker.publicPath, "--cert", client.secretPath,
+            ], name: "submit-\(broker.port)", environment: SeveralBrokersOptionTests.clean)
+            #expect(result.termination == .exited(0), "\(result.transcript)")
+            #expect(result.stdoutText == "THROUGH \(broker.endpoint.uppercased())", "\(result.transcript)")
+        }
+    }
+
     /// `smq demo --brokers 3`: three brokers, the one holding the job killed with SIGKILL a
     /// quarter of the way through a 320-fragment job; the job completes byte-exact through the
     /// others (the loopback variant of issue 12's kill -9 check).
