@@ -1,4 +1,5 @@
 public import Logging
+public import CoreMetrics
 import SMQProtocol
 
 /// Where a fragment belongs: its job, its place, its service.
@@ -65,7 +66,7 @@ public struct WorkRejection: Error, Sendable {
     }
 }
 
-/// A SecureMQ worker: joins one service at the broker and runs a handler for each fragment,
+/// A SecureMQ worker: joins one service at one or several brokers and runs a handler for each fragment,
 /// up to its credit at once. Heartbeats come from its socket thread, so a slow handler never
 /// looks dead.
 ///
@@ -87,17 +88,23 @@ public final class Worker: Sendable {
         /// The largest fragment accepted (and result sent).
         public var maxFragmentSize: Int = 1 << 20
         public var connection = ConnectionOptions()
+        /// Where the worker's metrics go (`securemq_worker_fragments_total{outcome}`,
+        /// `securemq_worker_handler_seconds`, `securemq_worker_brokers_connected`): nil for the
+        /// process-wide `MetricsSystem` (a no-op until the application bootstraps one).
+        public var metricsFactory: (any MetricsFactory)? = nil
 
         public init() {}
     }
 
     private let thread: SocketThread
     private nonisolated(unsafe) let engine: WorkerEngine
+    private let metrics: WorkerMetrics
     public let service: String
 
-    private init(thread: SocketThread, engine: WorkerEngine, service: String) {
+    private init(thread: SocketThread, engine: WorkerEngine, metrics: WorkerMetrics, service: String) {
         self.thread = thread
         self.engine = engine
+        self.metrics = metrics
         self.service = service
     }
 
@@ -113,11 +120,38 @@ public final class Worker: Sendable {
         to endpoint: String, brokerKey: PublicKey, keyPair: KeyPair, service: String, options: Options = Options(),
         context: SecureContext = .shared, logger: Logger = Logger(label: "securemq.worker")
     ) async throws(SecureMQError) -> Worker {
+        try await connect(to: [BrokerAddress(endpoint, key: brokerKey)], keyPair: keyPair, service: service,
+                          options: options, context: context, logger: logger)
+    }
+
+    /// Connects to several brokers and serves them all from one handler loop (PROTOCOL.md C56–C57).
+    ///
+    /// The credit is split statically: each broker is offered `credit / brokers.count` fragments
+    /// (the remainder one each to the first brokers), so the worker never holds more than
+    /// `options.credit` in total; a broker that is down leaves its share idle until it returns.
+    /// Connecting succeeds as soon as one broker has completed the handshake; the others keep
+    /// connecting in the background, for as long as the worker runs, and a broker that goes
+    /// away and comes back gets the worker again. A broker that refuses this worker's key (a
+    /// revocation) ends that broker's link only: the others go on being served.
+    /// - Parameters:
+    ///   - brokers: one or more brokers, each an endpoint and its public key.
+    ///   - service: the service to serve: 1–255 bytes of `[A-Za-z0-9._-]`.
+    /// - Throws: ``SecureMQError``: `.invalidConfiguration` (no broker, a credit below the number
+    ///   of brokers, a bad option); `.unreachable` when no broker completed the handshake within
+    ///   the connect timeout; with one broker also `.rejectedByServer`, `.handshakeFailed`.
+    public static func connect(
+        to brokers: [BrokerAddress], keyPair: KeyPair, service: String, options: Options = Options(),
+        context: SecureContext = .shared, logger: Logger = Logger(label: "securemq.worker")
+    ) async throws(SecureMQError) -> Worker {
         let serviceName: ServiceName
         do { serviceName = try ServiceName(validating: service) } catch {
             throw SecureMQError(.invalidConfiguration, "'\(PeerText.escaped(service))' is not a valid service name: 1–255 bytes of A-Z a-z 0-9 . _ -")
         }
+        guard !brokers.isEmpty else { throw SecureMQError(.invalidConfiguration, "a worker needs at least one broker") }
         guard (1...Int(UInt32.max)).contains(options.credit) else { throw SecureMQError(.invalidConfiguration, "credit must be 1…\(UInt32.max)") }
+        guard options.credit >= brokers.count else {
+            throw SecureMQError(.invalidConfiguration, "a credit of \(options.credit) cannot be split over \(brokers.count) brokers: each broker needs at least 1 (the credit is split statically so the total held never exceeds it); raise the credit to at least \(brokers.count)")
+        }
         guard (1...Int(UInt32.max)).contains(options.maxFragmentSize) else {
             throw SecureMQError(.invalidConfiguration, "the max fragment size must be 1…\(UInt32.max) bytes (the header's length field is 4 bytes); got \(options.maxFragmentSize)")
         }
@@ -126,29 +160,53 @@ public final class Worker: Sendable {
         }
         var connectionOptions = options.connection
         connectionOptions.maxMessageSize = Wire.maxMessageSize(forFragment: options.maxFragmentSize)
-        let (thread, engine) = try await SocketThread.startConnected(name: "securemq-worker") { (thread) throws(SecureMQError) in
-            let socket = try CurveClientSocket(context: context, thread: thread, endpoint: endpoint, serverKey: brokerKey,
-                                               keyPair: keyPair, options: connectionOptions, logger: logger)
-            return WorkerEngine(socket: socket, thread: thread, service: serviceName, options: options, logger: logger)
+        if brokers.count > 1 {
+            // Each link keeps trying until its broker answers (one down at start is picked up when
+            // it starts); the engine applies the connect timeout to the first handshake of any.
+            connectionOptions.connectTimeout = nil
+            connectionOptions.refusedConnectionLimit = nil
         }
-        return Worker(thread: thread, engine: engine, service: service)
+        let metrics = WorkerMetrics(factory: options.metricsFactory)
+        let (thread, engine) = try await SocketThread.startConnected(name: "securemq-worker") { (thread) throws(SecureMQError) in
+            var sockets: [(BrokerAddress, CurveClientSocket)] = []
+            do throws(SecureMQError) {
+                for broker in brokers {
+                    let socket = try CurveClientSocket(context: context, thread: thread, endpoint: broker.endpoint, serverKey: broker.publicKey,
+                                                       keyPair: keyPair, options: connectionOptions, logger: logger)
+                    sockets.append((broker, socket))
+                }
+            } catch {
+                for (_, socket) in sockets { socket.fail(error) }
+                throw error
+            }
+            return WorkerEngine(brokers: sockets, thread: thread, service: serviceName, options: options, metrics: metrics, logger: logger) {
+                (broker) throws(SecureMQError) in
+                try CurveClientSocket(context: context, thread: thread, endpoint: broker.endpoint, serverKey: broker.publicKey,
+                                      keyPair: keyPair, options: connectionOptions, logger: logger)
+            }
+        }
+        return Worker(thread: thread, engine: engine, metrics: metrics, service: service)
     }
 
-    /// Serves fragments until the worker is closed or the broker sends it away.
+    /// Serves fragments until the worker is closed or every broker has sent it away for good
+    /// (with several brokers, a broker that refuses or revokes this worker ends its link only).
     ///
     /// The handler runs for up to `credit` fragments at once. What it returns goes back as the
     /// fragment's result; a ``WorkRejection`` it throws becomes a REJECT with that code, any other
     /// error a non-retryable REJECT 520 with the error's description.
     /// - Throws: ``SecureMQError`` `.disconnected` when the broker sent this worker away, or the
-    ///   connection's failure.
+    ///   connection's failure; with several brokers, once every link has ended, an error naming
+    ///   each broker's reason.
     public func run(_ handler: @escaping @Sendable (WorkItem) async throws -> [UInt8]) async throws(SecureMQError) {
         let box = UncheckedBox(engine)
         let thread = self.thread
+        let handlerTime = metrics.handlerTime
         let stream = try await thread.run { () throws(SecureMQError) in box.value.start() }
         await withTaskGroup(of: Void.self) { group in
             for await item in stream {
                 group.addTask {
                     let outcome: Result<[UInt8], WorkRejection>
+                    let started = SocketThread.now()
                     do {
                         outcome = .success(try await handler(item.work))
                     } catch let rejection as WorkRejection {
@@ -156,6 +214,7 @@ public final class Worker: Sendable {
                     } catch {
                         outcome = .failure(WorkRejection(handlerError: error))
                     }
+                    handlerTime.recordNanoseconds(SocketThread.now() &- started)
                     let result = UncheckedBox(outcome)
                     thread.execute { box.value.finish(item, result.value) }
                 }
@@ -198,7 +257,28 @@ public final class Worker: Sendable {
         return (try? await thread.run { () throws(SecureMQError) in box.value.processed }) ?? 0
     }
 
-    /// Leaves the service (DISCONNECT) and closes; `run` returns once running handlers finish.
+    /// Results dropped because the broker connection that delivered their WORK had been replaced
+    /// by then (the broker was restarted, or went silent and was reconnected): the broker
+    /// requeued those fragments when it lost the connection (PROTOCOL.md C57).
+    public func droppedStaleResults() async -> Int {
+        let box = UncheckedBox(engine)
+        return (try? await thread.run { () throws(SecureMQError) in box.value.staleResults }) ?? 0
+    }
+
+    /// Brokers whose connection is up now (of those given to ``connect(to:keyPair:service:options:context:logger:)``).
+    public func connectedBrokers() async -> Int {
+        let box = UncheckedBox(engine)
+        return (try? await thread.run { () throws(SecureMQError) in box.value.connectedCount }) ?? 0
+    }
+
+    /// The most fragments this worker has held at once (received, not yet answered): never
+    /// above its credit, however many brokers it serves.
+    public func peakHeld() async -> Int {
+        let box = UncheckedBox(engine)
+        return (try? await thread.run { () throws(SecureMQError) in box.value.heldPeak }) ?? 0
+    }
+
+    /// Leaves the service (DISCONNECT to every broker) and closes; `run` returns once running handlers finish.
     public func close() async {
         let box = UncheckedBox(engine)
         _ = try? await thread.run { () throws(SecureMQError) in box.value.leave() }
