@@ -71,7 +71,8 @@ public final class Client: Sendable {
     /// executor, so nothing waits on a stopped thread.
     public var executor: any TaskExecutor { thread }
 
-    /// Connects to a broker and waits for the CURVE handshake.
+    /// Connects to a broker and waits for the CURVE handshake: ``connect(to:keyPair:options:context:logger:)``
+    /// with one broker.
     /// - Parameters:
     ///   - endpoint: the broker, e.g. `tcp://127.0.0.1:5555`.
     ///   - brokerKey: the broker's public key (certs/broker.key).
@@ -81,6 +82,40 @@ public final class Client: Sendable {
         to endpoint: String, brokerKey: PublicKey, keyPair: KeyPair, options: Options = Options(),
         context: SecureContext = .shared, logger: Logger = Logger(label: "securemq.client")
     ) async throws(SecureMQError) -> Client {
+        try await connect(to: [BrokerAddress(endpoint, key: brokerKey)], keyPair: keyPair, options: options,
+                          context: context, logger: logger)
+    }
+
+    /// The most brokers one client uses (a job remembers which ones it touched in one word).
+    public static let maxBrokers = 64
+
+    /// Connects to several brokers and returns once one has completed its CURVE handshake; the
+    /// others keep connecting in the background, and a broker that is down now is used once it
+    /// is up.
+    ///
+    /// Each job (and each request) is placed whole on the live broker with the fewest
+    /// outstanding fragments, ties taken in turn. When a broker drops the client, refuses its
+    /// connection, or is silent for ``Options/heartbeatInterval`` × ``Options/liveness`` while
+    /// the client has work there, every fragment placed there and not yet answered is sent
+    /// again through another live broker; the job's results still come once each, in order.
+    /// With one broker this is the single-broker client: it reconnects and resubmits.
+    /// - Parameters:
+    ///   - brokers: 1…``maxBrokers`` brokers, each an endpoint and its public key.
+    ///   - keyPair: this client's identity; its public key must be on every broker's allowlist.
+    /// - Throws: ``SecureMQError``: `.invalidConfiguration`; when no broker completes a handshake
+    ///   within ``ConnectionOptions/connectTimeout`` (or each refused), one error naming each
+    ///   broker and why (`.unreachable`, or `.rejectedByServer`/`.handshakeFailed` when every
+    ///   broker said so).
+    public static func connect(
+        to brokers: [BrokerAddress], keyPair: KeyPair, options: Options = Options(),
+        context: SecureContext = .shared, logger: Logger = Logger(label: "securemq.client")
+    ) async throws(SecureMQError) -> Client {
+        guard (1...maxBrokers).contains(brokers.count) else {
+            throw SecureMQError(.invalidConfiguration, "a client needs 1…\(maxBrokers) brokers; got \(brokers.count)")
+        }
+        guard Set(brokers.map(\.endpoint)).count == brokers.count else {
+            throw SecureMQError(.invalidConfiguration, "a broker endpoint is listed twice: \(brokers.map(\.description).joined(separator: ", "))")
+        }
         guard options.window >= 1 else { throw SecureMQError(.invalidConfiguration, "the window must be at least 1") }
         guard (1...Int(UInt32.max)).contains(options.maxFragmentSize) else {
             throw SecureMQError(.invalidConfiguration, "the max fragment size must be 1…\(UInt32.max) bytes (the header's length field is 4 bytes); got \(options.maxFragmentSize)")
@@ -93,10 +128,25 @@ public final class Client: Sendable {
         }
         var connectionOptions = options.connection
         connectionOptions.maxMessageSize = Wire.maxMessageSize(forFragment: options.maxFragmentSize)
+        // A broker not reached at first is tried on for as long as the client lives.
+        var background = connectionOptions
+        background.connectTimeout = nil
+        background.refusedConnectionLimit = nil
         let (thread, engine) = try await SocketThread.startConnected(name: "securemq-client") { (thread) throws(SecureMQError) in
-            let socket = try CurveClientSocket(context: context, thread: thread, endpoint: endpoint, serverKey: brokerKey,
-                                               keyPair: keyPair, options: connectionOptions, logger: logger)
-            return ClientEngine(socket: socket, thread: thread, options: options, logger: logger)
+            var sockets: [(BrokerAddress, CurveClientSocket)] = []
+            for broker in brokers {
+                do throws(SecureMQError) {
+                    sockets.append((broker, try CurveClientSocket(context: context, thread: thread, endpoint: broker.endpoint, serverKey: broker.publicKey,
+                                                                  keyPair: keyPair, options: connectionOptions, logger: logger)))
+                } catch {
+                    for (_, socket) in sockets { socket.close() }
+                    throw error
+                }
+            }
+            return ClientEngine(sockets: sockets, thread: thread, options: options, logger: logger) { (broker) throws(SecureMQError) in
+                try CurveClientSocket(context: context, thread: thread, endpoint: broker.endpoint, serverKey: broker.publicKey,
+                                      keyPair: keyPair, options: background, logger: logger)
+            }
         }
         let client = Client(thread: thread, engine: engine, options: options)
         if options.learnBrokerLimits { await client.learnLimits() }

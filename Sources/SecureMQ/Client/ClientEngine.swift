@@ -31,6 +31,11 @@ final class ClientJob {
     var deadline: Duration?
     /// When the deadline passes, in ``SocketThread/now()`` nanoseconds.
     var deadlineAt: UInt64?
+    /// The broker the job is placed on (whole: see ``BrokerLink``); nil while no broker is live,
+    /// its fragments then wait in `outstanding` until one is.
+    var link: BrokerLink?
+    /// Bit `i`: the job was ever sent to broker `i`, which may still hold part of it.
+    var touched: UInt64 = 0
 
     /// The time left in milliseconds for a SUBMIT's tag (PROTOCOL.md C45): 0 = no deadline,
     /// at least 1 while one is set.
@@ -65,9 +70,10 @@ final class ClientJob {
     }
 }
 
-/// The owner-thread side of a ``Client``.
+/// The owner-thread side of a ``Client``: one connection per broker (``BrokerLink``), jobs and
+/// requests placed on the live ones, and moved when one fails (PROTOCOL.md C58–C60).
 final class ClientEngine: ConnectingEngine {
-    let client: CurveClientSocket
+    let links: [BrokerLink]
     let connectWaiters: Waiters<Bool>
     let options: Client.Options
     let logger: Logger
@@ -85,54 +91,200 @@ final class ClientEngine: ConnectingEngine {
     /// Job ids: a random half per engine and a counter, so making one costs no system call.
     private let jobIDPrefix = UInt64.random(in: 0...UInt64.max)
     private var jobIDCounter: UInt64 = 0
-    private var lastHeard: UInt64 = SocketThread.now()
     private var everConnected = false
-    /// Reconnections that resent fragments with no RESULT or FAILED in between
+    /// Set once the client as a whole has failed (every broker refused it, or it was closed).
+    private var terminalFailure: SecureMQError?
+    private var closing = false
+    /// Where the next tie between equally loaded brokers starts (round-robin).
+    private var nextLink = 0
+    /// Jobs and requests waiting for a live broker (their broker failed and none other is live).
+    private var strandedWork = false
+    /// Times stranded work was resent with no RESULT or FAILED in between
     /// (``Client/Options/maxResubmitsWithoutProgress``).
     private var resubmitsWithoutProgress = 0
+    /// Builds a broker's socket again after it failed before its first handshake: it then keeps
+    /// connecting in the background (no connect timeout, no refusal limit).
+    private let remake: (BrokerAddress) throws(SecureMQError) -> CurveClientSocket
     /// The broker's max-fragment, from `mmi.limits` (C47); nil when it did not say.
     var brokerMaxFragment: Int?
 
-    init(socket: CurveClientSocket, thread: SocketThread, options: Client.Options, logger: Logger) {
-        client = socket
+    init(sockets: [(BrokerAddress, CurveClientSocket)], thread: SocketThread, options: Client.Options, logger: Logger,
+         remake: @escaping (BrokerAddress) throws(SecureMQError) -> CurveClientSocket) {
+        links = sockets.enumerated().map { BrokerLink(index: $0.offset, address: $0.element.0, socket: $0.element.1) }
         self.thread = thread
         self.options = options
         self.logger = logger
+        self.remake = remake
         limits = ProtocolLimits(maxFragment: options.maxFragmentSize)
         connectWaiters = Waiters(thread: thread)
-        socket.attach(onReadable: { [unowned self] in self.readAll() },
-                      onStateChange: { [unowned self] state in self.stateChanged(state) })
+        for link in links { attach(link) }
         thread.schedule(after: options.heartbeatInterval, every: options.heartbeatInterval) { [unowned self] in self.heartbeat() }
     }
 
-    private var connectionFailure: SecureMQError? {
-        switch client.state {
-        case .failed(let error): return error
-        case .closed: return SecureMQError(.closed, "the client is closed")
-        default: return nil
+    private func attach(_ link: BrokerLink) {
+        link.socket.attach(onReadable: { [unowned self, unowned link] in self.readAll(link) },
+                           onStateChange: { [unowned self, unowned link] state in self.stateChanged(link, state) })
+    }
+
+    private var connectionFailure: SecureMQError? { terminalFailure }
+
+    private func stateChanged(_ link: BrokerLink, _ state: CurveClientSocket.State) {
+        switch state {
+        case .connected:
+            link.lastHeard = SocketThread.now()
+            link.live = true
+            everConnected = true
+            if links.count > 1 { logger.info("broker connected", metadata: ["broker": "\(link.address)"]) }
+            while connectWaiters.resumeFirst(true) {}
+            placeStranded()
+        case .connecting:
+            // Dropped, or sent to connect anew (silence, DISCONNECT): what it held moves on.
+            guard link.live else { return }
+            link.live = false
+            strand(link, because: "the connection dropped")
+        case .failed(let error):
+            linkFailed(link, error)
+        case .closed:
+            guard !closing else { return }
+            linkFailed(link, link.closeReason ?? SecureMQError(.closed, "the client is closed"))
         }
     }
 
-    private func stateChanged(_ state: CurveClientSocket.State) {
-        switch state {
-        case .connected:
-            lastHeard = SocketThread.now()
-            if everConnected { resubmitOutstanding() }
-            everConnected = true
-            while connectWaiters.resumeFirst(true) {}
-        case .failed(let error):
+    /// A broker's connection ended for good. With one broker the client ends with it (as it
+    /// always did); with several, a broker not reached yet keeps being tried in the background,
+    /// one that refused this client is left, and the client ends only when none is left.
+    private func linkFailed(_ link: BrokerLink, _ error: SecureMQError) {
+        link.live = false
+        if links.count == 1 {
+            terminalFailure = error
             failAll(error)
-        case .closed:
-            failAll(SecureMQError(.closed, "the client is closed"))
-        case .connecting:
-            break
+            return
         }
+        if link.firstError == nil { link.firstError = error }
+        if error.code == .unreachable && !closing {
+            do {
+                link.socket = try remake(link.address)
+                attach(link)
+                logger.notice("broker not reached; connecting in the background", metadata: ["broker": "\(link.address)", "error": "\(error.message)"])
+            } catch {
+                link.dead = true
+            }
+        } else {
+            link.dead = true
+            logger.error("broker refused this client; not using it", metadata: ["broker": "\(link.address)", "error": "\(error.message)"])
+        }
+        let noneReached = !everConnected && links.allSatisfy { $0.firstError != nil }
+        if noneReached || links.allSatisfy(\.dead) {
+            let each = links.map { "\($0.address): \($0.firstError?.message ?? "refused")" }.joined(separator: "; ")
+            let code = links.allSatisfy { $0.firstError?.code == error.code } ? error.code : .unreachable
+            let failure = SecureMQError(code, "no broker could be used (\(links.count) tried): \(each)")
+            terminalFailure = failure
+            failAll(failure)
+            return
+        }
+        strand(link, because: error.message)
     }
 
     func waitConnected(id: Int, _ continuation: Waiters<Bool>.Continuation) {
         if let failure = connectionFailure { return continuation.resume(returning: .failure(failure)) }
-        if client.isConnected { return continuation.resume(returning: .success(true)) }
+        if links.contains(where: \.live) { return continuation.resume(returning: .success(true)) }
         connectWaiters.add(id: id, continuation, timeout: nil) { SecureMQError(.timedOut, "connect timed out") }
+    }
+
+    // MARK: placement
+
+    /// The live broker with the fewest outstanding fragments; ties go round-robin.
+    private func pickLink() -> BrokerLink? {
+        var best: BrokerLink?
+        let count = links.count
+        for step in 0..<count {
+            let link = links[(nextLink + step) % count]
+            guard link.live else { continue }
+            if best == nil || link.outstanding < best!.outstanding { best = link }
+        }
+        if let best { nextLink = (best.index + 1) % count }
+        return best
+    }
+
+    /// Places a job whole on `link`: it is counted there, and its next fragments go there.
+    private func place(_ job: ClientJob, on link: BrokerLink) {
+        if link.outstanding == 0 { link.lastHeard = SocketThread.now() }
+        job.link = link
+        job.touched |= 1 << UInt64(link.index)
+        link.outstanding += job.outstanding.count
+    }
+
+    /// A broker failed: every job and request on it waits for another live broker, and goes to
+    /// one at once if there is one.
+    private func strand(_ link: BrokerLink, because reason: String) {
+        var moved = 0
+        for job in jobs.values where job.link === link {
+            job.link = nil
+            moved += job.outstanding.count
+            strandedWork = true
+        }
+        for (id, pending) in requests where pending.link == link.index {
+            requests[id]?.link = -1
+            moved += 1
+            strandedWork = true
+        }
+        link.outstanding = 0
+        if moved > 0 && links.count > 1 {
+            logger.warning("broker lost; moving its unanswered fragments", metadata: [
+                "broker": "\(link.address)", "reason": "\(reason)", "fragments": "\(moved)"])
+        }
+        placeStranded()
+    }
+
+    /// Sends stranded work to live brokers: what the failed broker may have lost is sent again
+    /// from the kept SUBMITs. A broker that still holds some ignores it, and the gatherer drops
+    /// results that come twice (C26, C58).
+    private func placeStranded() {
+        guard strandedWork, links.contains(where: \.live) else { return }
+        strandedWork = false
+        let waiting = jobs.values.contains { $0.link == nil && $0.failure == nil && !$0.outstanding.isEmpty }
+            || requests.values.contains { $0.link < 0 }
+        if waiting {
+            resubmitsWithoutProgress += 1
+            if resubmitsWithoutProgress > options.maxResubmitsWithoutProgress {
+                giveUpResubmitting()
+            }
+        }
+        var count = 0
+        var brokers = Set<Int>()
+        for job in jobs.values where job.link == nil && job.failure == nil {
+            guard let link = pickLink() else { return }
+            place(job, on: link)
+            for index in job.outstanding.keys.sorted() {
+                send(copyOf: job.outstanding[index]!, on: link)
+                count += 1
+            }
+            job.stats.resubmitted += job.outstanding.count
+            brokers.insert(link.index)
+        }
+        for (id, pending) in requests where pending.link < 0 {
+            guard let link = pickLink() else { return }
+            if link.outstanding == 0 { link.lastHeard = SocketThread.now() }
+            requests[id]?.link = link.index
+            link.outstanding += 1
+            send(copyOf: pending.message, on: link)
+            count += 1
+            brokers.insert(link.index)
+        }
+        if count > 0 {
+            let to = brokers.sorted().map { "\(links[$0].address)" }.joined(separator: ", ")
+            logger.notice("resubmitted outstanding fragments", metadata: ["fragments": "\(count)", "to": "\(to)"])
+        }
+    }
+
+    /// Tells every broker that may hold part of the job to drop it (CANCEL). A broker that does
+    /// not know the job, or has ended it, ignores it or answers 410 for a job the client has
+    /// forgotten, which is ignored too.
+    private func cancelEverywhere(_ job: ClientJob) {
+        let cancel = ControlMessage.cancel(jobID: job.jobID).encoded()
+        for link in links where job.touched & (1 << UInt64(link.index)) != 0 && !link.dead {
+            link.socket.send(cancel)
+        }
     }
 
     // MARK: jobs
@@ -156,8 +308,8 @@ final class ClientEngine: ConnectingEngine {
         } catch {
             throw SecureMQError(.invalidConfiguration, "cannot split the payload: \(error)")
         }
-        if jobs.isEmpty { lastHeard = SocketThread.now() }
         jobs[job.jobID] = job
+        if let link = pickLink() { place(job, on: link) } else { strandedWork = true }
         if let deadline {
             job.deadline = deadline
             job.deadlineAt = SocketThread.now() &+ deadline.nanoseconds
@@ -191,6 +343,8 @@ final class ClientEngine: ConnectingEngine {
         let continuation: Waiters<[UInt8]>.Continuation
         /// Only for a request with a timeout.
         var timer: SocketThread.TimerID?
+        /// The broker it was sent to, by index; -1 while it waits for a live one.
+        var link: Int
     }
 
     /// Sends `body` as a one-fragment job; the continuation gets the result's body, or
@@ -223,32 +377,39 @@ final class ClientEngine: ConnectingEngine {
         body.withUnsafeBytes { bytes in
             if let base = bytes.baseAddress { buffer.baseAddress!.advanced(by: bodyOffset).copyMemory(from: base, byteCount: bytes.count) }
         }
-        if requests.isEmpty && jobs.isEmpty { lastHeard = SocketThread.now() }
-        var pending = PendingRequest(jobID: jobID, message: message, continuation: continuation)
+        let link = pickLink()
+        var pending = PendingRequest(jobID: jobID, message: message, continuation: continuation, link: link?.index ?? -1)
         if let timeout {
             pending.timer = thread.schedule(after: timeout) { [weak self] in
                 guard let self, let pending = self.requests[jobID] else { return }
                 self.requests[jobID]?.timer = nil
-                self.client.send(ControlMessage.cancel(jobID: jobID).encoded())
+                if pending.link >= 0 { self.links[pending.link].socket.send(ControlMessage.cancel(jobID: jobID).encoded()) }
                 self.finish(pending, .failure(SecureMQError(.deadlineExceeded,
                     "no reply within the request's timeout (\(timeout)); the broker was told to drop it",
                     status: FailureCode.deadlineExceeded.rawValue)))
             }
         }
         requests[jobID] = pending
-        send(copyOf: message)
+        if let link {
+            if link.outstanding == 0 { link.lastHeard = SocketThread.now() }
+            link.outstanding += 1
+            send(copyOf: message, on: link)
+        } else {
+            strandedWork = true
+        }
     }
 
     func cancelRequest(waiter: Int) {
         let jobID = requestJobID(waiter: waiter)
         guard let pending = requests[jobID] else { return }
-        client.send(ControlMessage.cancel(jobID: jobID).encoded())
+        if pending.link >= 0 { links[pending.link].socket.send(ControlMessage.cancel(jobID: jobID).encoded()) }
         finish(pending, .failure(SecureMQError(.cancelled, "the request was cancelled")))
     }
 
     private func finish(_ pending: PendingRequest, _ result: Result<[UInt8], SecureMQError>) {
-        if let timer = requests[pending.jobID]?.timer { thread.cancel(timer) }
-        requests[pending.jobID] = nil
+        guard let current = requests.removeValue(forKey: pending.jobID) else { return }
+        if let timer = current.timer { thread.cancel(timer) }
+        if current.link >= 0 { links[current.link].outstanding -= 1 }
         pending.continuation.resume(returning: result)
     }
 
@@ -262,7 +423,10 @@ final class ClientEngine: ConnectingEngine {
                 return
             }
             job.outstanding[index] = message
-            send(copyOf: message)
+            if let link = job.link {
+                link.outstanding += 1
+                send(copyOf: message, on: link)
+            }
         }
     }
 
@@ -287,15 +451,15 @@ final class ClientEngine: ConnectingEngine {
     }
 
     /// Sends a kept message; zmq_msg_copy shares the buffer, so nothing is copied.
-    private func send(copyOf message: ZMQMessage) {
+    private func send(copyOf message: ZMQMessage, on link: BrokerLink) {
         // One reused message: zmq_msg_copy releases what it held, a successful send empties it;
         // if the send queue is full, the copy waits in a message of its own.
         let outgoing = sendScratch
         outgoing.copy(from: message)
-        if (try? client.socket.send(outgoing)) == false {
+        if (try? link.socket.socket.send(outgoing)) == false {
             let waiting = ZMQMessage()
             waiting.copy(from: message)
-            client.send(waiting)
+            link.socket.send(waiting)
         }
     }
 
@@ -333,12 +497,17 @@ final class ClientEngine: ConnectingEngine {
         job.deadlineTimer = nil
         job.stats.payloadDigest = job.fragmenter.jobDigest?.description ?? ""
         job.stats.resultDigest = job.gatherer.jobDigest?.description ?? ""
+        job.link?.outstanding -= job.outstanding.count
+        job.outstanding.removeAll()
         jobs[job.jobID] = nil
+        // A job moved between brokers is complete at none of them (each saw some of its
+        // indexes): without CANCEL each would hold it open until this client leaves (C59).
+        if job.touched.nonzeroBitCount > 1 { cancelEverywhere(job) }
     }
 
     func cancel(_ job: ClientJob) {
         guard job.failure == nil, !job.isFinished else { return }
-        client.send(ControlMessage.cancel(jobID: job.jobID).encoded())
+        cancelEverywhere(job)
         fail(job, SecureMQError(.jobFailed, "the job was cancelled", status: FailureCode.cancelled.rawValue))
     }
 
@@ -349,6 +518,7 @@ final class ClientEngine: ConnectingEngine {
         job.failure = error
         if let timer = job.deadlineTimer { thread.cancel(timer) }
         job.deadlineTimer = nil
+        job.link?.outstanding -= job.outstanding.count
         job.outstanding.removeAll()
         job.finishedAt = SocketThread.now()
         jobs[job.jobID] = nil
@@ -359,7 +529,7 @@ final class ClientEngine: ConnectingEngine {
     /// silent); the broker is told to drop what it still holds, and its answer (410) finds no job.
     private func deadlinePassed(_ job: ClientJob) {
         guard job.failure == nil, job.finishedAt == nil else { return }
-        client.send(ControlMessage.cancel(jobID: job.jobID).encoded())
+        cancelEverywhere(job)
         let received = Int(job.handed) + job.ready.count
         fail(job, SecureMQError(.deadlineExceeded,
             "the job's deadline (\(job.deadline.map { "\($0)" } ?? "?")) passed with \(received) of \(job.count) results in; the broker was told to drop the rest",
@@ -374,48 +544,29 @@ final class ClientEngine: ConnectingEngine {
 
     // MARK: receiving
 
+    /// Per broker: PING while the client has work there, and a broker silent for interval ×
+    /// liveness is connected to anew, which moves its work to another live broker (C58).
     private func heartbeat() {
-        guard !jobs.isEmpty || !requests.isEmpty else {
-            lastHeard = SocketThread.now()
-            return
-        }
-        readAll()  // what already arrived counts (see WorkerEngine.heartbeat)
-        let silence = SocketThread.now() &- lastHeard
-        if silence > options.heartbeatInterval.nanoseconds &* UInt64(options.liveness) {
-            // The broker answers every PING; silence this long means it is gone or frozen.
-            lastHeard = SocketThread.now()
-            client.reconnect(because: "no answer from the broker for \(silence / 1_000_000) ms")
-            return
-        }
-        guard client.isConnected else { return }
-        _ = try? client.socket.send(Wire.ping())
-    }
-
-    /// After a reconnection: what the broker may have lost (it restarted, or the old connection
-    /// took queued fragments or results with it) is sent again from the kept SUBMITs. The broker
-    /// ignores what it still holds, and the gatherer drops results that come twice.
-    private func resubmitOutstanding() {
-        let waiting = jobs.values.contains { $0.failure == nil && !$0.outstanding.isEmpty } || !requests.isEmpty
-        if waiting {
-            resubmitsWithoutProgress += 1
-            if resubmitsWithoutProgress > options.maxResubmitsWithoutProgress {
-                giveUpResubmitting()
-                return
+        var busy: UInt64 = 0
+        for job in jobs.values { if let link = job.link { busy |= 1 << UInt64(link.index) } }
+        let limit = options.heartbeatInterval.nanoseconds &* UInt64(options.liveness)
+        for link in links where !link.dead {
+            // Work waiting for a broker keeps every broker watched, as one broker always was.
+            guard strandedWork || link.outstanding > 0 || busy & (1 << UInt64(link.index)) != 0 else {
+                link.lastHeard = SocketThread.now()
+                continue
             }
-        }
-        var count = 0
-        for job in jobs.values where job.failure == nil {
-            for index in job.outstanding.keys.sorted() {
-                send(copyOf: job.outstanding[index]!)
-                count += 1
+            readAll(link)  // what already arrived counts (see WorkerEngine.heartbeat)
+            let silence = SocketThread.now() &- link.lastHeard
+            if silence > limit {
+                // The broker answers every PING; silence this long means it is gone or frozen.
+                link.lastHeard = SocketThread.now()
+                link.socket.reconnect(because: "no answer from the broker for \(silence / 1_000_000) ms")
+                continue
             }
-            job.stats.resubmitted += job.outstanding.count
+            guard link.socket.isConnected else { continue }
+            _ = try? link.socket.socket.send(Wire.ping())
         }
-        for pending in requests.values {
-            send(copyOf: pending.message)
-            count += 1
-        }
-        if count > 0 { logger.notice("reconnected; resubmitted outstanding fragments", metadata: ["fragments": "\(count)"]) }
     }
 
     /// The connection keeps dropping while fragments are out and nothing comes back: resending
@@ -424,28 +575,28 @@ final class ClientEngine: ConnectingEngine {
     private func giveUpResubmitting() {
         let cycles = resubmitsWithoutProgress - 1
         resubmitsWithoutProgress = 0
-        for job in Array(jobs.values) where job.failure == nil && !job.outstanding.isEmpty {
+        for job in Array(jobs.values) where job.failure == nil && job.link == nil && !job.outstanding.isEmpty {
             let largest = job.outstanding.values.map { $0.count }.max() ?? 0
             let body = largest - Fragment.bodyOffset(serviceLength: job.service.byteCount)
             fail(job, SecureMQError(.jobFailed,
                 "the broker dropped the connection \(cycles) times while this job's fragments were out, with no result in between: a fragment of \(body) bytes is probably larger than the broker's max-fragment (the connection limit dropped it); use a smaller fragment size (the broker's default max-fragment is 1 MiB)",
                 status: FailureCode.tooLarge.rawValue))
         }
-        for pending in Array(requests.values) {
+        for pending in Array(requests.values) where pending.link < 0 {
             finish(pending, .failure(SecureMQError(.jobFailed,
                 "the broker dropped the connection \(cycles) times while this request was out, with no reply in between: the request (\(pending.message.count - Fragment.overhead) bytes or so) is probably larger than the broker's max-fragment",
                 status: FailureCode.tooLarge.rawValue)))
         }
     }
 
-    private func readAll() {
-        client.receiveEach(into: received) { message in
-            lastHeard = SocketThread.now()
-            handle(message.bytes)
+    private func readAll(_ link: BrokerLink) {
+        link.socket.receiveEach(into: received) { message in
+            link.lastHeard = SocketThread.now()
+            handle(message.bytes, from: link)
         }
     }
 
-    private func handle(_ bytes: UnsafeRawBufferPointer) {
+    private func handle(_ bytes: UnsafeRawBufferPointer, from link: BrokerLink) {
         let message: Message
         do throws(ProtocolError) {
             message = try Message.parse(bytes, limits: limits)
@@ -456,7 +607,7 @@ final class ClientEngine: ConnectingEngine {
             }
             return
         }
-        if message.command != .disconnect { client.noteServed() }
+        if message.command != .disconnect { link.socket.noteServed() }
         if message.command == .result || message.command == .failed { resubmitsWithoutProgress = 0 }
         switch message {
         case .result(let fragment):
@@ -472,37 +623,72 @@ final class ClientEngine: ConnectingEngine {
             guard let job = jobs[fragment.header.jobID] else { return } // late result of an ended job
             accept(fragment, for: job)
         case .failed(let jobID, let index, let code, let reason):
+            if code == .draining, links.count > 1, links.contains(where: { $0.live && $0 !== link }) {
+                // That broker is shutting down: its work goes to another broker instead of
+                // failing, and it is used again once it reconnects (C58).
+                if link.live {
+                    link.live = false
+                    strand(link, because: "the broker is draining")
+                }
+                return
+            }
             let kind: SecureMQError.Code = code == .deadlineExceeded ? .deadlineExceeded : .jobFailed
+            // A job or request moved away from this broker is no longer its business: what it
+            // says about the copy left there (410 for a CANCEL, 404 from a restarted broker that
+            // got stale SUBMITs) must not end work that goes on elsewhere (C59).
+            if let pending = requests[jobID], pending.link != link.index { return }
+            if let job = jobs[jobID], job.link !== link { return }
             if let pending = requests[jobID] {
                 finish(pending, .failure(SecureMQError(kind, "the request failed with \(code.rawValue) \(code.name ?? ""): \(reason.string)",
                                                        status: code.rawValue, fragmentIndex: index == Message.wholeJobIndex ? nil : index)))
                 return
             }
-            guard let job = jobs[jobID] else { return }
+            guard let job = jobs[jobID] else { return }  // e.g. 410 for a CANCEL after completion (C59)
+            if job.touched & ~(1 << UInt64(link.index)) != 0 { cancelEverywhere(job) }
             let which = index == Message.wholeJobIndex ? "the job" : "fragment \(index)"
             fail(job, SecureMQError(kind, "\(which) failed with \(code.rawValue) \(code.name ?? ""): \(reason.string)",
                                     status: code.rawValue, fragmentIndex: index == Message.wholeJobIndex ? nil : index))
         case .busy(let jobID, let index, let retryAfter):
+            if let pending = requests[jobID], pending.link != link.index { return }  // moved on (C59)
+            if let job = jobs[jobID], job.link !== link { return }
             if requests[jobID] != nil {
                 thread.schedule(after: .milliseconds(Int(max(1, retryAfter)))) { [weak self] in
-                    guard let self, let pending = self.requests[jobID] else { return }
-                    self.send(copyOf: pending.message)
+                    guard let self, let pending = self.requests[jobID], pending.link >= 0 else { return }
+                    self.send(copyOf: pending.message, on: self.links[pending.link])
                 }
                 return
             }
             guard let job = jobs[jobID], job.outstanding[index] != nil else { return }
             job.stats.busyResends += 1
             thread.schedule(after: .milliseconds(Int(max(1, retryAfter)))) { [weak self, weak job] in
-                guard let self, let job, job.failure == nil, let kept = job.outstanding[index] else { return }
-                self.send(copyOf: kept)
+                guard let self, let job, job.failure == nil, let kept = job.outstanding[index], let link = job.link else { return }
+                self.send(copyOf: kept, on: link)
             }
         case .pong, .heartbeat:
             break
         case .disconnect(let reason):
-            // After a reconnection, what is unanswered is resent (resubmitOutstanding).
-            if !client.serverSentUsAway(reason: reason.string) {
-                failAll(SecureMQError(.disconnected, "the broker disconnected this client: \(reason.string)"))
-                client.close()
+            // After a reconnection, what is unanswered is resent (placeStranded).
+            if !link.socket.serverSentUsAway(reason: reason.string) {
+                let error = SecureMQError(.disconnected, "the broker disconnected this client: \(reason.string)")
+                if links.count == 1 {
+                    terminalFailure = error
+                    failAll(error)
+                    link.socket.close()
+                } else {
+                    // With several brokers this one is left for now, not for good: a broker
+                    // shutting down sends DISCONNECT to clients it never served too (C60).
+                    logger.warning("broker sent this client away before serving it; trying it again later",
+                                   metadata: ["broker": "\(link.address)", "reason": "\(reason.string)"])
+                    if link.live {
+                        link.live = false
+                        strand(link, because: error.message)
+                    }
+                    let retry = options.heartbeatInterval * options.liveness
+                    thread.schedule(after: retry) { [weak self, weak link] in
+                        guard let self, let link, !self.closing, !link.dead, !link.live else { return }
+                        link.socket.reconnect(because: "trying again a broker that sent this client away")
+                    }
+                }
             }
         default:
             logger.warning("dropped an unexpected message from the broker", metadata: ["command": "\(message.command)"])
@@ -515,7 +701,7 @@ final class ClientEngine: ConnectingEngine {
         do throws(PipelineError) {
             outcome = try job.gatherer.accept(header: fragment.header, body: fragment.body)
         } catch {
-            client.send(ControlMessage.cancel(jobID: job.jobID).encoded())
+            cancelEverywhere(job)
             fail(job, SecureMQError(.integrity, "job \(job.jobID): \(error)", fragmentIndex: error.index))
             return
         }
@@ -531,7 +717,7 @@ final class ClientEngine: ConnectingEngine {
                 append(job, index: next, body: body, tag: job.heldTags.removeValue(forKey: next) ?? 0)
             }) {}
         }
-        job.outstanding[index] = nil
+        if job.outstanding.removeValue(forKey: index) != nil { job.link?.outstanding -= 1 }
         job.stats.perWorker[fragment.tag, default: 0] += 1
         // Every result is here: the job is done, whatever happens to the connection while the
         // caller is still reading them.
@@ -545,7 +731,39 @@ final class ClientEngine: ConnectingEngine {
     }
 
     func close() {
-        client.close()
-        failAll(SecureMQError(.closed, "the client is closed"))
+        closing = true
+        let error = SecureMQError(.closed, "the client is closed")
+        if terminalFailure == nil { terminalFailure = error }
+        for link in links { link.live = false; link.socket.close() }
+        failAll(error)
+    }
+}
+
+/// One broker of a client: its connection and what the client has placed there.
+///
+/// Jobs are placed whole on one broker, never spread fragment by fragment: the broker tracks a
+/// job's completion by its indexes (`markDone`, `doneAhead`, `isComplete`, at most
+/// `maxDoneAhead` = 65,536 done out of order), so a job spread over several brokers would be a
+/// partial job at every one of them (PROTOCOL.md C58).
+final class BrokerLink {
+    let index: Int
+    let address: BrokerAddress
+    var socket: CurveClientSocket
+    /// Handshake done and not dropped or sent to reconnect since.
+    var live = false
+    /// Refused this client (ZAP, wrong key, DISCONNECT before service): not tried again.
+    var dead = false
+    /// Fragments and requests sent here and not yet answered: the placement's measure.
+    var outstanding = 0
+    var lastHeard = SocketThread.now()
+    /// Why it first failed, for the error when no broker could be reached.
+    var firstError: SecureMQError?
+    /// Why the engine closed it (a DISCONNECT before service).
+    var closeReason: SecureMQError?
+
+    init(index: Int, address: BrokerAddress, socket: CurveClientSocket) {
+        self.index = index
+        self.address = address
+        self.socket = socket
     }
 }
