@@ -258,6 +258,10 @@ import Testing
         #expect(lines.contains { $0.hasPrefix("OK: broker-") && $0.contains("was killed mid-job; the job completed byte-exact through the other 2") },
                 "\(result.transcript)")
         #expect(lines.contains { $0.hasPrefix("   brokers exited: ") && $0.contains("killed") }, "\(result.transcript)")
+        // The killed broker held fragments in flight: they were sent again through another one.
+        let resubmitted = lines.first { $0.hasPrefix("   resubmitted:") }.flatMap { Int($0.split(separator: " ")[1]) }
+        #expect((resubmitted ?? 0) > 0, "\(result.transcript)")
+        #expect(result.stderr.contains("broker lost; moving its unanswered fragments"), "\(result.transcript)")
         #expect(try FileManager.default.contentsOfDirectory(atPath: temporary).isEmpty, "the demo left files behind")
     }
 }
