@@ -107,8 +107,11 @@ struct BenchRun: AsyncParsableCommand {
     @Option(help: "Brokers (1…9): every worker serves all of them, every client uses all of them (client i lists broker i mod N first).")
     var brokers: Int = 1
 
-    @Option(help: "SIGKILL the last broker this many seconds after the clients start, and print failover_ms: from the kill to the answer of the slowest request it held (request mode) or to the first result after the longest stall (job mode), through another broker.")
+    @Option(help: "SIGKILL the last broker this many seconds after the clients start, and print failover_ms: from the kill to the answer of the last request outstanding at the kill (request mode only).")
     var killBrokerAfter: Double?
+
+    @Option(help: "The signal --kill-broker-after sends: KILL (the broker's connections drop at once) or STOP (it hangs with its connections up: clients notice only its silence, after heartbeat × liveness).")
+    var killSignal: BenchKillSignal = .kill
 
     @Option(name: [.customShort("k"), .long], help: "Credit each worker asks for in READY (the broker's base window is raised to match).")
     var credit: Int = 100
@@ -151,7 +154,9 @@ struct BenchRun: AsyncParsableCommand {
         guard credit >= brokers else { throw ValidationError("--credit must be at least --brokers: a worker splits its credit over the brokers") }
         if let killBrokerAfter {
             try OptionCheck.seconds(killBrokerAfter, option: "--kill-broker-after", allowZero: true)
-            guard brokers >= 2 else { throw ValidationError("--kill-broker-after needs --brokers 2 or more: the job must have somewhere to go") }
+            guard brokers >= 2 else { throw ValidationError("--kill-broker-after needs --brokers 2 or more: the work must have somewhere to go") }
+            // A job is placed whole on one broker (C58), which need not be the one killed.
+            guard shape.clientMode == .request else { throw ValidationError("--kill-broker-after measures request mode (--client-mode request)") }
         }
         try OptionCheck.integer(credit, option: "--credit", 1...65_536)
         _ = try ByteSize.parse(byteBudget, option: "--byte-budget")
@@ -247,12 +252,14 @@ struct BenchRun: AsyncParsableCommand {
         for index in 0..<clients {
             _ = try children.spawn(wrapper(.client, index), smq, ["bench", "client"] + brokerArguments(first: index % brokers) + common + shapeArguments + [
                 "--cert", certs + "/client-\(index).key_secret", "--index", "\(index)",
-            ] + (clientHeartbeatMs.map { ["--heartbeat-ms", "\($0)"] } ?? []) + clientArguments, log: dir + "/client-\(index).log", role: .client, stdout: fds[1])
+            ] + (clientHeartbeatMs.map { ["--heartbeat-ms", "\($0)"] } ?? [])
+              + (killBrokerAfter != nil ? ["--kill-mark", dir + "/kill-mark"] : []) + clientArguments, log: dir + "/client-\(index).log", role: .client, stdout: fds[1])
         }
         close(fds[1])
         let victim = killBrokerAfter.map { (at: ContinuousClock.now + OptionCheck.duration(seconds: $0), child: brokerChildren[brokers - 1]) }
         var killedAt: UInt64?
-        let lines = readLines(fd: fds[0], until: deadline, children: &children, kill: victim, killedAt: &killedAt)
+        let lines = readLines(fd: fds[0], until: deadline, children: &children, kill: victim, killedAt: &killedAt,
+                              mark: dir + "/kill-mark")
         close(fds[0])
 
         // Clients are done: reap them, take the broker's peak RSS while it still runs, stop the rest.
@@ -268,7 +275,8 @@ struct BenchRun: AsyncParsableCommand {
         // A profiler wrapping a role needs time to write its data after the role exits.
         let grace: Duration = wraps.isEmpty ? .seconds(3) : .seconds(60)
         for child in children.all where child.role == .worker { usage.add(child.role, children.reap(child, grace: grace)) }
-        for child in brokerChildren { child.signal(SIGTERM) }
+        // A stopped broker would hold SIGTERM pending until the reap's grace ran out.
+        for child in brokerChildren { child.signal(killedAt != nil && child.pid == victim?.child.pid && killSignal == .stop ? SIGKILL : SIGTERM) }
         for child in brokerChildren { usage.add(.broker, children.reap(child, grace: grace + .seconds(2))) }
 
         let reports = lines.compactMap(ClientReport.init(line:))
@@ -307,16 +315,13 @@ struct BenchRun: AsyncParsableCommand {
         flushStandardOutput()
     }
 
-    /// `failover_ms`: from the SIGKILL to the latest end of a client's longest stall that spans
-    /// it (request mode: the slowest request, sent before the kill; job mode: the longest gap
-    /// between results, ending after it). -1 when no client stalled across the kill.
+    /// `failover_ms`: the largest of the clients' `failover_us` (see `BenchClient.failover`);
+    /// -1 when no client measured one.
     private func failoverFields(_ reports: [ClientReport], killedAt: UInt64?) -> [(String, String)] {
         guard killBrokerAfter != nil else { return [] }
-        guard let killedAt else { return [("failover_ms", "-1"), ("kill", "not_reached")] }
-        let kill = Double(killedAt)
-        let spans = reports.filter { $0.stallTo > kill && (shape.clientMode == .job || $0.stallFrom < kill) }
-        guard let latest = spans.map(\.stallTo).max() else { return [("failover_ms", "-1")] }
-        return [("failover_ms", f((latest - kill) / 1e6, 1))]
+        guard killedAt != nil else { return [("failover_ms", "-1"), ("kill", "not_reached")] }
+        let worst = reports.map(\.failoverMicroseconds).max() ?? -1
+        return [("failover_ms", worst < 0 ? "-1" : f(worst / 1e3, 1))]
     }
 
     private func waitForWorkers(endpoint: String, brokerKey: PublicKey, probe: KeyPair, children: ChildSet,
@@ -344,13 +349,16 @@ struct BenchRun: AsyncParsableCommand {
     /// Reads the clients' result lines until every writer has closed the pipe (or the deadline).
     /// With `kill`, SIGKILLs that child at its instant and stores the time (SocketClock) in `killedAt`.
     private func readLines(fd: Int32, until deadline: ContinuousClock.Instant, children: inout ChildSet,
-                           kill: (at: ContinuousClock.Instant, child: Child)?, killedAt: inout UInt64?) -> [String] {
+                           kill: (at: ContinuousClock.Instant, child: Child)?, killedAt: inout UInt64?, mark: String) -> [String] {
         var data = [UInt8]()
         var chunk = [UInt8](repeating: 0, count: 4096)
         while true {
             if let kill, killedAt == nil, ContinuousClock.now >= kill.at {
-                killedAt = SocketClock.now()
-                kill.child.signal(SIGKILL)
+                let now = SocketClock.now()
+                killedAt = now
+                kill.child.signal(killSignal.number)
+                // The clients read the kill's time at their end, to tell failover from the rest.
+                _ = FileManager.default.createFile(atPath: mark, contents: Data("\(now)\n".utf8))
             }
             var left = deadline - ContinuousClock.now
             if let kill, killedAt == nil { left = Swift.min(left, Swift.max(.milliseconds(1), kill.at - ContinuousClock.now)) }
@@ -411,8 +419,8 @@ struct ClientReport {
     let windowSeconds: Double
     let p50, p90, p99, p999, max, busy: Double
     let errors: Int
-    /// The client's longest stall (SocketClock ns; 0 when none): see `BenchLane.stall`.
-    let stallFrom, stallTo: Double
+    /// `failover_us`, or -1.
+    let failoverMicroseconds: Double
 
     init?(line: String) {
         let parts = line.split(separator: " ")
@@ -434,8 +442,7 @@ struct ClientReport {
         max = values["max_us"] ?? 0
         busy = values["busy"] ?? 0
         errors = Int(values["errors"] ?? 0)
-        stallFrom = values["stall_from_ns"] ?? 0
-        stallTo = values["stall_to_ns"] ?? 0
+        failoverMicroseconds = values["failover_us"] ?? -1
     }
 }
 
@@ -555,6 +562,11 @@ struct ChildSet {
     }
 }
 
+enum BenchKillSignal: String, ExpressibleByArgument, CaseIterable {
+    case kill = "KILL", stop = "STOP"
+    var number: Int32 { self == .kill ? SIGKILL : SIGSTOP }
+}
+
 // MARK: - worker
 
 struct BenchWorker: AsyncParsableCommand {
@@ -619,14 +631,8 @@ struct BenchLane: Sendable {
     var last: UInt64 = 0
     var latencies: [UInt64] = []
     var lastError = ""
-    /// The longest stall: request mode, the slowest request (sent, answered); job mode, the
-    /// longest gap between two results (the first one's time, the next one's). What
-    /// `--kill-broker-after` measures failover with.
-    var stall: (from: UInt64, to: UInt64) = (0, 0)
-
-    mutating func noteStall(from: UInt64, to: UInt64) {
-        if to &- from > stall.to &- stall.from { stall = (from, to) }
-    }
+    /// With `--kill-mark` (request mode): every request's (sent, answered), to measure failover with.
+    var spans: [(from: UInt64, to: UInt64)] = []
 }
 
 final class SharedCounter: Sendable {
@@ -649,6 +655,22 @@ struct BenchClient: AsyncParsableCommand {
 
     @Option(help: "Heartbeat interval in milliseconds (default: the library's).")
     var heartbeatMs: Int?
+
+    @Option(help: "A file where the orchestrator writes when it killed a broker (CLOCK_MONOTONIC ns): read at the end to print failover_us.")
+    var killMark: String?
+
+    private var trackSpans: Bool { killMark != nil }
+
+    /// From the kill to the answer of the last request outstanding at it: the ones the killed
+    /// broker held are answered only once moved to another (an upper bound: requests at the
+    /// live brokers end within their usual latency). Microseconds; -1 without a kill.
+    private func failoverMicroseconds(_ lanes: [BenchLane], mark: String) -> Double {
+        guard let text = try? String(contentsOfFile: mark, encoding: .utf8),
+              let kill = UInt64(text.trimmingCharacters(in: .whitespacesAndNewlines)) else { return -1 }
+        let spans = lanes.lazy.flatMap(\.spans)
+        guard let end = spans.filter({ $0.from <= kill && $0.to > kill }).map(\.to).max() else { return -1 }
+        return Double(end - kill) / 1e3
+    }
 
     func validate() throws {
         try OptionCheck.integer(index, option: "--index", 0...1_000_000)
@@ -700,8 +722,8 @@ struct BenchClient: AsyncParsableCommand {
             FileHandle.standardError.write(Data("client \(index): \(errors) failed requests, e.g. \(sample)\n".utf8))
         }
         func p(_ q: Double) -> String { String(format: "%.1f", Double(percentile(latencies, q)) / 1e3) }
-        let stall = lanes.map(\.stall).max { $0.to &- $0.from < $1.to &- $1.from } ?? (0, 0)
-        print("C \(index) total=\(total) window_n=\(measured) window_s=\(String(format: "%.4f", window)) p50_us=\(p(50)) p90_us=\(p(90)) p99_us=\(p(99)) p999_us=\(p(99.9)) max_us=\(String(format: "%.1f", Double(latencies.last ?? 0) / 1e3)) busy=\(String(format: "%.0f", CPUStat.busyPercent(before, after))) errors=\(errors) stall_from_ns=\(stall.from) stall_to_ns=\(stall.to)")
+        let failover = killMark.map { failoverMicroseconds(lanes, mark: $0) } ?? -1
+        print("C \(index) total=\(total) window_n=\(measured) window_s=\(String(format: "%.4f", window)) p50_us=\(p(50)) p90_us=\(p(90)) p99_us=\(p(99)) p999_us=\(p(99.9)) max_us=\(String(format: "%.1f", Double(latencies.last ?? 0) / 1e3)) busy=\(String(format: "%.0f", CPUStat.busyPercent(before, after))) errors=\(errors)\(killMark != nil ? " failover_us=\(String(format: "%.1f", failover))" : "")")
         flushStandardOutput()
         if errors > 0 && measured == 0 { throw ExitCode(3) }
     }
@@ -712,6 +734,7 @@ struct BenchClient: AsyncParsableCommand {
         let stopAt = measureFrom + UInt64(shape.seconds * 1e9)
         let claimed = SharedCounter()
         let (count, size, service) = (shape.count, shape.size, shape.service)
+        let trackSpans = trackSpans
         return await withTaskGroup(of: BenchLane.self) { group in
             for lane in 0..<shape.inflight {
                 group.addTask {
@@ -740,7 +763,7 @@ struct BenchClient: AsyncParsableCommand {
                             continue
                         }
                         let now = SocketClock.now()
-                        state.noteStall(from: sent, to: now)
+                        if trackSpans { state.spans.append((sent, now)) }
                         state.total += 1
                         if now >= measureFrom {
                             state.measured += 1
@@ -783,7 +806,6 @@ struct BenchClient: AsyncParsableCommand {
             for try await _ in job {
                 let now = SocketClock.now()
                 let j = handed.count
-                state.noteStall(from: j > 0 ? handed[j - 1] : start, to: now)
                 handed.append(now)
                 state.total += 1
                 if now >= measureFrom {
