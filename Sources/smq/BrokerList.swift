@@ -130,7 +130,7 @@ struct BrokerList: Equatable, Sendable {
             let fields = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
             if fields.isEmpty { continue }
             guard fields.count == 2 else {
-                throw Failure("\(location): expected 'ENDPOINT KEYFILE', got \(fields.count) field\(fields.count == 1 ? "" : "s") in '\(PeerText.escaped(String(rawLine)))'")
+                throw Failure("\(location): expected 'ENDPOINT KEYFILE', got \(fields.count) field\(fields.count == 1 ? "" : "s") in '\(PeerText.escaped(String(rawLine.prefix(200))))'")
             }
             let endpoint = String(fields[0])
             var key = String(fields[1])
