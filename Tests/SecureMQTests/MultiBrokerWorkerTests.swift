@@ -3,6 +3,7 @@ import Glibc
 import Synchronization
 import Logging
 import InMemoryLogging
+import SMQProtocol
 @testable import SecureMQ
 
 /// Workers that serve several brokers at once (issue 12, PROTOCOL.md C56–C57): in-process
@@ -368,6 +369,47 @@ extension MultiBrokerWorkerTests {
         await client.close()
         await worker.close()
         try await serving.value
+        await brokers.stopAll()
+    }
+}
+
+extension MultiBrokerWorkerTests {
+    /// One broker goes silent (a CURVE server that takes READY and never heartbeats, as a frozen
+    /// or cut-off broker looks): after interval × liveness the worker connects to it anew and
+    /// registers again, while the real broker beside it goes on being served.
+    @Test func aSilentBrokerIsRegisteredWithAgainWhileTheOtherIsServed() async throws {
+        let brokers = try Brokers()
+        let (_, addressA) = try await brokers.start()
+        let silent = try await ServerFixture.make(allowing: [brokers.workerKeys.publicKey])
+        let addressSilent = BrokerAddress(silent.endpoint, key: silent.serverKeys.publicKey)
+        let worker = try await brokers.worker([addressA, addressSilent], credit: 4)
+        let serving = Task { try await worker.run { $0.body } }
+        /// The next READY the silent broker receives (the worker's HEARTBEATs are skipped), and
+        /// the credit it offers.
+        func nextReady() async throws -> (PeerID, UInt32) {
+            let deadline = ContinuousClock.now + .seconds(10)
+            while ContinuousClock.now < deadline {
+                let message = try await silent.server.receive(timeout: .seconds(10))
+                let credit = try message.body.withUnsafeBytes { bytes throws -> UInt32? in
+                    if case .ready(let credit, _, _) = try Message.parse(bytes) { return credit }
+                    return nil
+                }
+                if let credit { return (message.peer, credit) }
+            }
+            throw SecureMQError(.timedOut, "no READY")
+        }
+        let (firstPeer, credit) = try await nextReady()
+        #expect(credit == 2)
+        // The silence (200 ms × 3) ends that connection; a new one registers again.
+        let (secondPeer, _) = try await nextReady()
+        #expect(secondPeer != firstPeer)
+        let client = try await brokers.client(addressA)
+        let payload = patternBytes(64 * 20, seed: 13)
+        #expect(same(try await client.submit(.bytes(payload), to: "echo").collect(), payload))
+        await client.close()
+        await worker.close()
+        try await serving.value
+        await silent.server.close()
         await brokers.stopAll()
     }
 }

@@ -79,7 +79,9 @@ public final class Worker: Sendable {
     public struct Options: Sendable {
         /// Fragments this worker may hold at once. The broker grants min(credit, weight × base
         /// window), so a large credit lets the allowlist's weight decide a busy worker's share;
-        /// lower it for handlers that must not run that many at once.
+        /// lower it for handlers that must not run that many at once. With several brokers it is
+        /// split among them (`credit / N` each, the remainder to the first ones), so it stays the
+        /// total the worker holds.
         public var credit: Int = 256
         /// Heartbeat interval announced in READY; the broker expects one at least this often.
         public var heartbeatInterval: Duration = .milliseconds(2500)
@@ -131,8 +133,12 @@ public final class Worker: Sendable {
     /// `options.credit` in total; a broker that is down leaves its share idle until it returns.
     /// Connecting succeeds as soon as one broker has completed the handshake; the others keep
     /// connecting in the background, for as long as the worker runs, and a broker that goes
-    /// away and comes back gets the worker again. A broker that refuses this worker's key (a
-    /// revocation) ends that broker's link only: the others go on being served.
+    /// away and comes back gets the worker again. A broker that served the worker and then
+    /// refuses its key is asked again each heartbeat interval (a broker shutting down refuses
+    /// for a moment); `liveness` refusals in a row (a revocation), or a refusal before any
+    /// service, end that broker's link only: it is logged as an error, and the others go on
+    /// being served. Results for a connection that has since been replaced are dropped
+    /// (``droppedStaleResults()``).
     /// - Parameters:
     ///   - brokers: one or more brokers, each an endpoint and its public key.
     ///   - service: the service to serve: 1–255 bytes of `[A-Za-z0-9._-]`.
