@@ -1,8 +1,13 @@
 import Testing
+import Foundation
+import CoreMetrics
 @testable import SecureMQ
 
 /// Several in-process brokers sharing one allowlist, each with its own key and port, that a test
 /// can stop and start again on the same endpoint; one single-broker worker per broker.
+///
+/// They listen on 127.0.0.58, not 127.0.0.1: a port freed by a stopped broker must still be free
+/// when it starts again, and other test runs on this machine bind `127.0.0.1:*`.
 final class BrokerSet: @unchecked Sendable {
     let context = SecureContext()
     let clientKeys = KeyPair.generate()
@@ -41,7 +46,7 @@ final class BrokerSet: @unchecked Sendable {
 
     func start(_ i: Int) async throws {
         var configuration = BrokerConfiguration()
-        configuration.endpoints = [endpoints[i].isEmpty ? "tcp://127.0.0.1:*" : endpoints[i]]
+        configuration.endpoints = [endpoints[i].isEmpty ? "tcp://127.0.0.58:*" : endpoints[i]]
         // A stop is a crash, not a drain: the test is about what the client does then.
         configuration.drainTimeout = .zero
         configuration.heartbeatInterval = .milliseconds(250)
@@ -118,6 +123,22 @@ private func eventually(_ what: String, within limit: Duration = .seconds(20), _
     throw SecureMQError(.timedOut, "timed out waiting for \(what)")
 }
 
+private func waitForBrokers(_ count: Int, _ client: Client) async throws {
+    try await eventually("\(count) brokers connected") { await client.connectedBrokers.count == count }
+}
+
+/// An echo handler that holds fragments from `index` on until `flag` is set (bounded), so the
+/// broker stopped mid-job surely has unanswered fragments of the job when it stops.
+private func heldFrom(_ index: Int, until flag: SharedFlag) -> @Sendable (WorkItem) async throws -> [UInt8] {
+    { item in
+        let deadline = ContinuousClock.now + .seconds(20)
+        while item.index >= index && !flag.value && ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(2))
+        }
+        return item.body
+    }
+}
+
 /// Checks a job's results: every index once, in order, byte-exact.
 private func collectChecked(_ job: Job, _ payload: [UInt8]) async throws {
     var gathered: [UInt8] = []
@@ -139,6 +160,7 @@ private func collectChecked(_ job: Job, _ payload: [UInt8]) async throws {
         try await set.startWorker(on: 0)
         try await set.startWorker(on: 1)
         let client = try await set.client { $0.fragmentSize = 1024 }
+        try await waitForBrokers(2, client)
         let payload = patternBytes(1024 * 40)
         // Open together: the second job goes to the broker with fewer outstanding fragments.
         let jobs = [try await client.submit(.bytes(payload), to: "echo"), try await client.submit(.bytes(payload), to: "echo")]
@@ -155,15 +177,11 @@ private func collectChecked(_ job: Job, _ payload: [UInt8]) async throws {
         let set = try BrokerSet(count: 2)
         try await set.start(0)
         try await set.start(1)
-        try await set.startWorker(on: 0) { item in
-            try await Task.sleep(for: .milliseconds(1))
-            return item.body
-        }
-        try await set.startWorker(on: 1) { item in
-            try await Task.sleep(for: .milliseconds(1))
-            return item.body
-        }
+        let stoppedFlag = SharedFlag()
+        try await set.startWorker(on: 0, handler: heldFrom(60, until: stoppedFlag))
+        try await set.startWorker(on: 1, handler: heldFrom(60, until: stoppedFlag))
         let client = try await set.client { $0.fragmentSize = 512 }
+        try await waitForBrokers(2, client)
         let payload = patternBytes(512 * 400 + 77)
         let job = try await client.submit(.bytes(payload), to: "echo")
         // Whichever broker the job went to is stopped after 50 results.
@@ -177,6 +195,7 @@ private func collectChecked(_ job: Job, _ payload: [UInt8]) async throws {
             if result.index == 50 {
                 stopped = set.handledCount(0) >= set.handledCount(1) ? 0 : 1
                 await set.stop(stopped)
+                stoppedFlag.set()
             }
         }
         #expect(expected == job.fragmentCount)
@@ -244,5 +263,114 @@ private func collectChecked(_ job: Job, _ payload: [UInt8]) async throws {
         let error = await #expect(throws: SecureMQError.self) { try await set.client() }
         #expect(error?.code == .unreachable)
         for endpoint in set.endpoints { #expect(error?.message.contains(endpoint) == true) }
+    }
+}
+
+/// A swift-metrics backend that keeps each counter's and meter's value, by label and dimensions.
+final class RecordingMetrics: MetricsFactory, @unchecked Sendable {
+    private let lock = NSLock()
+    private var values: [String: Double] = [:]
+
+    final class Handle: CounterHandler, MeterHandler, RecorderHandler, TimerHandler, FloatingPointCounterHandler, @unchecked Sendable {
+        let key: String
+        unowned let owner: RecordingMetrics
+        init(key: String, owner: RecordingMetrics) { self.key = key; self.owner = owner }
+        func increment(by amount: Int64) { owner.add(key, Double(amount)) }
+        func increment(by amount: Double) { owner.add(key, amount) }
+        func decrement(by amount: Double) { owner.add(key, -amount) }
+        func set(_ value: Int64) { owner.set(key, Double(value)) }
+        func set(_ value: Double) { owner.set(key, value) }
+        func record(_ value: Int64) { owner.set(key, Double(value)) }
+        func record(_ value: Double) { owner.set(key, value) }
+        func recordNanoseconds(_ duration: Int64) {}
+        func reset() { owner.set(key, 0) }
+    }
+
+    private func key(_ label: String, _ dimensions: [(String, String)]) -> String {
+        label + dimensions.map { "{\($0.0)=\($0.1)}" }.joined()
+    }
+    func add(_ key: String, _ amount: Double) { lock.lock(); values[key, default: 0] += amount; lock.unlock() }
+    func set(_ key: String, _ value: Double) { lock.lock(); values[key] = value; lock.unlock() }
+    func value(_ label: String, _ dimensions: [(String, String)] = []) -> Double {
+        lock.lock(); defer { lock.unlock() }
+        return values[key(label, dimensions)] ?? 0
+    }
+
+    func makeCounter(label: String, dimensions: [(String, String)]) -> any CounterHandler { Handle(key: key(label, dimensions), owner: self) }
+    func makeFloatingPointCounter(label: String, dimensions: [(String, String)]) -> any FloatingPointCounterHandler { Handle(key: key(label, dimensions), owner: self) }
+    func makeMeter(label: String, dimensions: [(String, String)]) -> any MeterHandler { Handle(key: key(label, dimensions), owner: self) }
+    func makeRecorder(label: String, dimensions: [(String, String)], aggregate: Bool) -> any RecorderHandler { Handle(key: key(label, dimensions), owner: self) }
+    func makeTimer(label: String, dimensions: [(String, String)]) -> any TimerHandler { Handle(key: key(label, dimensions), owner: self) }
+    func destroyCounter(_ handler: any CounterHandler) {}
+    func destroyMeter(_ handler: any MeterHandler) {}
+    func destroyFloatingPointCounter(_ handler: any FloatingPointCounterHandler) {}
+    func destroyRecorder(_ handler: any RecorderHandler) {}
+    func destroyTimer(_ handler: any TimerHandler) {}
+}
+
+extension MultiBrokerClientTests {
+    @Test func metricsCountJobsResubmitsFailoversAndBrokers() async throws {
+        let set = try BrokerSet(count: 2)
+        try await set.start(0)
+        try await set.start(1)
+        let stoppedFlag = SharedFlag()
+        try await set.startWorker(on: 0, handler: heldFrom(30, until: stoppedFlag))
+        try await set.startWorker(on: 1, handler: heldFrom(30, until: stoppedFlag))
+        let metrics = RecordingMetrics()
+        let client = try await set.client {
+            $0.fragmentSize = 512
+            $0.metricsFactory = metrics
+        }
+        try await eventually("both brokers connected") { metrics.value("securemq_client_brokers_connected") == 2 }
+        #expect(await client.connectedBrokers == set.addresses)
+        let payload = patternBytes(512 * 300)
+        let job = try await client.submit(.bytes(payload), to: "echo")
+        var gathered: [UInt8] = []
+        for try await result in job {
+            gathered.append(contentsOf: result.body)
+            if result.index == 20 {
+                await set.stop(set.handledCount(0) >= set.handledCount(1) ? 0 : 1)
+                stoppedFlag.set()
+            }
+        }
+        #expect(same(gathered, payload))
+        let failing = try await client.submit(.bytes([1]), to: "no-such-service", deadline: .milliseconds(200))
+        await #expect(throws: SecureMQError.self) { _ = try await failing.collect() }
+        #expect(metrics.value("securemq_client_jobs_total", [("outcome", "completed")]) == 1)
+        #expect(metrics.value("securemq_client_jobs_total", [("outcome", "failed")]) == 1)
+        #expect(metrics.value("securemq_client_failovers_total") == 1)
+        #expect(metrics.value("securemq_client_fragments_resubmitted_total") >= 1)
+        #expect(metrics.value("securemq_client_brokers_connected") == 1)
+        await client.close()
+        #expect(metrics.value("securemq_client_brokers_connected") == 0)
+        await set.stopAll()
+    }
+}
+
+extension MultiBrokerClientTests {
+    /// A broker that completes the handshake and then never answers (a frozen process): after
+    /// heartbeat × liveness of silence the job it was given moves to the other broker.
+    @Test func aSilentBrokerHasItsWorkMoved() async throws {
+        let set = try BrokerSet(count: 1)
+        try await set.start(0)
+        try await set.startWorker(on: 0)
+        let silent = try await ServerFixture.make(allowing: [set.clientKeys.publicKey])
+        var options = Client.Options()
+        options.heartbeatInterval = .milliseconds(250)
+        options.fragmentSize = 512
+        let client = try await Client.connect(to: [BrokerAddress(silent.endpoint, key: silent.serverKeys.publicKey)] + set.addresses,
+                                              keyPair: set.clientKeys, options: options, context: set.context)
+        try await waitForBrokers(2, client)
+        // Both idle: the tie goes to the first broker, the silent one.
+        let payload = patternBytes(512 * 100)
+        let job = try await client.submit(.bytes(payload), to: "echo")
+        try await collectChecked(job, payload)
+        // The first window was moved whole (more if the loaded machine made a broker look silent
+        // again; the gatherer keeps each index once either way).
+        #expect(await job.summary().resubmitted >= 32)
+        #expect(set.handledCount(0) >= 100)
+        await client.close()
+        await silent.server.close()
+        await set.stopAll()
     }
 }

@@ -1,3 +1,4 @@
+public import CoreMetrics
 public import Logging
 import SMQProtocol
 
@@ -18,12 +19,14 @@ public final class Client: Sendable {
         public var fragmentSize: Int = 256 << 10
         /// The largest fragment body accepted from the broker (results).
         public var maxFragmentSize: Int = 1 << 20
-        /// PING interval while jobs are open.
+        /// PING interval, to each broker the client has work at.
         public var heartbeatInterval: Duration = .milliseconds(2500)
-        /// Intervals without an answer from the broker after which the client reconnects (and
-        /// resubmits what is outstanding).
+        /// Intervals without an answer from a broker that holds work of this client after which
+        /// the client connects to it anew and resubmits what is outstanding there: to another
+        /// live broker at once when it has several, else to the same one once it is back.
         public var liveness: Int = 3
-        /// Reconnections after which a job (or request) whose fragments were all resent fails,
+        /// Resubmissions (after a reconnection, or a move to another broker) after which a job
+        /// (or request) whose fragments were all resent fails,
         /// when no result or failure came in between. A fragment over the broker's max-fragment
         /// makes libzmq drop the connection; without this bound the client would reconnect and
         /// resend it for ever.
@@ -32,8 +35,13 @@ public final class Client: Sendable {
         /// fragment or request it would refuse fails at once with 413 naming both sizes. Off by
         /// default: it costs a round trip in ``Client/connect(to:brokerKey:keyPair:options:context:logger:)``,
         /// and the first message a broker sees is then that query. `smq submit` turns it on.
+        /// With several brokers one of them is asked, and its limit is taken for all (brokers of
+        /// one deployment share their configuration).
         public var learnBrokerLimits = false
         public var connection = ConnectionOptions()
+        /// Where the client's metrics go (`securemq_client_*`, see the README); nil: the
+        /// process's `MetricsSystem` (a no-op until one is bootstrapped).
+        public var metricsFactory: (any MetricsFactory)?
 
         public init() {}
     }
@@ -173,7 +181,17 @@ public final class Client: Sendable {
         }
     }
 
-    /// The services that have a worker at the broker now (`mmi.services`, PROTOCOL.md C46),
+    /// The brokers this client can place work on now (connected, and not set aside), in the
+    /// order they were given to ``connect(to:keyPair:options:context:logger:)``.
+    public var connectedBrokers: [BrokerAddress] {
+        get async {
+            let box = UncheckedBox(engine)
+            return (try? await thread.run { () throws(SecureMQError) in box.value.links.filter(\.live).map(\.address) }) ?? []
+        }
+    }
+
+    /// The services that have a worker at the broker now (`mmi.services`, PROTOCOL.md C46; with
+    /// several brokers, at the one the query is placed on),
     /// sorted: what to suggest when a service name gets `404`.
     /// - Throws: ``SecureMQError`` `.jobFailed` with status 501 from a broker that does not
     ///   answer it.

@@ -1,3 +1,4 @@
+import CoreMetrics
 import DequeModule
 import Logging
 import SMQProtocol
@@ -107,6 +108,7 @@ final class ClientEngine: ConnectingEngine {
     private let remake: (BrokerAddress) throws(SecureMQError) -> CurveClientSocket
     /// The broker's max-fragment, from `mmi.limits` (C47); nil when it did not say.
     var brokerMaxFragment: Int?
+    private let metrics: ClientMetrics
 
     init(sockets: [(BrokerAddress, CurveClientSocket)], thread: SocketThread, options: Client.Options, logger: Logger,
          remake: @escaping (BrokerAddress) throws(SecureMQError) -> CurveClientSocket) {
@@ -115,6 +117,7 @@ final class ClientEngine: ConnectingEngine {
         self.options = options
         self.logger = logger
         self.remake = remake
+        metrics = ClientMetrics(factory: options.metricsFactory)
         limits = ProtocolLimits(maxFragment: options.maxFragmentSize)
         connectWaiters = Waiters(thread: thread)
         for link in links { attach(link) }
@@ -128,11 +131,17 @@ final class ClientEngine: ConnectingEngine {
 
     private var connectionFailure: SecureMQError? { terminalFailure }
 
+    private func setLive(_ link: BrokerLink, _ live: Bool) {
+        guard link.live != live else { return }
+        link.live = live
+        if live { metrics.brokersConnected.increment() } else { metrics.brokersConnected.decrement() }
+    }
+
     private func stateChanged(_ link: BrokerLink, _ state: CurveClientSocket.State) {
         switch state {
         case .connected:
             link.lastHeard = SocketThread.now()
-            link.live = true
+            setLive(link, true)
             everConnected = true
             if links.count > 1 { logger.info("broker connected", metadata: ["broker": "\(link.address)"]) }
             while connectWaiters.resumeFirst(true) {}
@@ -140,13 +149,14 @@ final class ClientEngine: ConnectingEngine {
         case .connecting:
             // Dropped, or sent to connect anew (silence, DISCONNECT): what it held moves on.
             guard link.live else { return }
-            link.live = false
-            strand(link, because: "the connection dropped")
+            setLive(link, false)
+            strand(link, because: link.lostReason ?? "the connection dropped")
+            link.lostReason = nil
         case .failed(let error):
             linkFailed(link, error)
         case .closed:
             guard !closing else { return }
-            linkFailed(link, link.closeReason ?? SecureMQError(.closed, "the client is closed"))
+            linkFailed(link, SecureMQError(.closed, "the connection to \(link.address) was closed"))
         }
     }
 
@@ -154,9 +164,10 @@ final class ClientEngine: ConnectingEngine {
     /// always did); with several, a broker not reached yet keeps being tried in the background,
     /// one that refused this client is left, and the client ends only when none is left.
     private func linkFailed(_ link: BrokerLink, _ error: SecureMQError) {
-        link.live = false
+        setLive(link, false)
         if links.count == 1 {
-            terminalFailure = error
+            // The first reason stays (a refusal's DISCONNECT, then the close that follows it).
+            if terminalFailure == nil { terminalFailure = error }
             failAll(error)
             return
         }
@@ -230,6 +241,7 @@ final class ClientEngine: ConnectingEngine {
         }
         link.outstanding = 0
         if moved > 0 && links.count > 1 {
+            metrics.failovers.increment()
             logger.warning("broker lost; moving its unanswered fragments", metadata: [
                 "broker": "\(link.address)", "reason": "\(reason)", "fragments": "\(moved)"])
         }
@@ -272,6 +284,7 @@ final class ClientEngine: ConnectingEngine {
             brokers.insert(link.index)
         }
         if count > 0 {
+            metrics.fragmentsResubmitted.increment(by: count)
             let to = brokers.sorted().map { "\(links[$0].address)" }.joined(separator: ", ")
             logger.notice("resubmitted outstanding fragments", metadata: ["fragments": "\(count)", "to": "\(to)"])
         }
@@ -492,6 +505,7 @@ final class ClientEngine: ConnectingEngine {
 
     private func finish(_ job: ClientJob) {
         guard job.finishedAt == nil else { return }
+        metrics.jobsCompleted.increment()
         job.finishedAt = SocketThread.now()
         if let timer = job.deadlineTimer { thread.cancel(timer) }
         job.deadlineTimer = nil
@@ -515,6 +529,7 @@ final class ClientEngine: ConnectingEngine {
     /// order, before the error (nothing that arrived is thrown away).
     private func fail(_ job: ClientJob, _ error: SecureMQError) {
         guard job.failure == nil, job.finishedAt == nil else { return }
+        metrics.jobsFailed.increment()
         job.failure = error
         if let timer = job.deadlineTimer { thread.cancel(timer) }
         job.deadlineTimer = nil
@@ -561,7 +576,8 @@ final class ClientEngine: ConnectingEngine {
             if silence > limit {
                 // The broker answers every PING; silence this long means it is gone or frozen.
                 link.lastHeard = SocketThread.now()
-                link.socket.reconnect(because: "no answer from the broker for \(silence / 1_000_000) ms")
+                link.lostReason = "no answer from the broker for \(silence / 1_000_000) ms"
+                link.socket.reconnect(because: link.lostReason!)
                 continue
             }
             guard link.socket.isConnected else { continue }
@@ -627,7 +643,7 @@ final class ClientEngine: ConnectingEngine {
                 // That broker is shutting down: its work goes to another broker instead of
                 // failing, and it is used again once it reconnects (C58).
                 if link.live {
-                    link.live = false
+                    setLive(link, false)
                     strand(link, because: "the broker is draining")
                 }
                 return
@@ -680,7 +696,7 @@ final class ClientEngine: ConnectingEngine {
                     logger.warning("broker sent this client away before serving it; trying it again later",
                                    metadata: ["broker": "\(link.address)", "reason": "\(reason.string)"])
                     if link.live {
-                        link.live = false
+                        setLive(link, false)
                         strand(link, because: error.message)
                     }
                     let retry = options.heartbeatInterval * options.liveness
@@ -734,7 +750,10 @@ final class ClientEngine: ConnectingEngine {
         closing = true
         let error = SecureMQError(.closed, "the client is closed")
         if terminalFailure == nil { terminalFailure = error }
-        for link in links { link.live = false; link.socket.close() }
+        for link in links {
+            setLive(link, false)
+            link.socket.close()
+        }
         failAll(error)
     }
 }
@@ -751,15 +770,15 @@ final class BrokerLink {
     var socket: CurveClientSocket
     /// Handshake done and not dropped or sent to reconnect since.
     var live = false
-    /// Refused this client (ZAP, wrong key, DISCONNECT before service): not tried again.
+    /// Refused this client (ZAP, wrong key): not tried again.
     var dead = false
     /// Fragments and requests sent here and not yet answered: the placement's measure.
     var outstanding = 0
     var lastHeard = SocketThread.now()
     /// Why it first failed, for the error when no broker could be reached.
     var firstError: SecureMQError?
-    /// Why the engine closed it (a DISCONNECT before service).
-    var closeReason: SecureMQError?
+    /// Why the client is about to connect to it anew (silence), for the log line that moves its work.
+    var lostReason: String?
 
     init(index: Int, address: BrokerAddress, socket: CurveClientSocket) {
         self.index = index
