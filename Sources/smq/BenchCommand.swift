@@ -104,6 +104,15 @@ struct BenchRun: AsyncParsableCommand {
     @Option(name: [.customShort("c"), .long], help: "Client processes (one key each).")
     var clients: Int = 2
 
+    @Option(help: "Brokers (1…9): every worker serves all of them, every client uses all of them (client i lists broker i mod N first).")
+    var brokers: Int = 1
+
+    @Option(help: "SIGKILL the last broker this many seconds after the clients start, and print failover_ms: from the kill to the answer of the last request outstanding at the kill (request mode only).")
+    var killBrokerAfter: Double?
+
+    @Option(help: "The signal --kill-broker-after sends: KILL (the broker's connections drop at once) or STOP (it hangs with its connections up: clients notice only its silence, after heartbeat × liveness).")
+    var killSignal: BenchKillSignal = .kill
+
     @Option(name: [.customShort("k"), .long], help: "Credit each worker asks for in READY (the broker's base window is raised to match).")
     var credit: Int = 100
 
@@ -122,6 +131,9 @@ struct BenchRun: AsyncParsableCommand {
     @Option(help: "Log level of the children (their logs go to files in the work directory).")
     var logLevel: String = "warning"
 
+    @Option(help: "The clients' heartbeat interval in milliseconds (a silent broker is given up after liveness × this). (default: the library's)")
+    var clientHeartbeatMs: Int?
+
     @Option(name: .customLong("wrap"), help: ArgumentHelp(
         "Run a role under a profiler: ROLE=COMMAND, e.g. broker='valgrind --tool=callgrind'. {i} in COMMAND becomes the process's number. Repeatable.",
         valueName: "role=command"))
@@ -137,6 +149,15 @@ struct BenchRun: AsyncParsableCommand {
 
     func validate() throws {
         guard (1...64).contains(workers), (1...64).contains(clients) else { throw ValidationError("--workers and --clients must be 1…64") }
+        try OptionCheck.integer(brokers, option: "--brokers", 1...9)
+        if let clientHeartbeatMs { try OptionCheck.integer(clientHeartbeatMs, option: "--client-heartbeat-ms", 100...60_000) }
+        guard credit >= brokers else { throw ValidationError("--credit must be at least --brokers: a worker splits its credit over the brokers") }
+        if let killBrokerAfter {
+            try OptionCheck.seconds(killBrokerAfter, option: "--kill-broker-after", allowZero: true)
+            guard brokers >= 2 else { throw ValidationError("--kill-broker-after needs --brokers 2 or more: the work must have somewhere to go") }
+            // A job is placed whole on one broker (C58), which need not be the one killed.
+            guard shape.clientMode == .request else { throw ValidationError("--kill-broker-after measures request mode (--client-mode request)") }
+        }
         try OptionCheck.integer(credit, option: "--credit", 1...65_536)
         _ = try ByteSize.parse(byteBudget, option: "--byte-budget")
         if let maxJobs { try OptionCheck.integer(maxJobs, option: "--max-jobs", 1...1_000_000) }
@@ -171,7 +192,8 @@ struct BenchRun: AsyncParsableCommand {
         for index in 0..<clients { _ = try peer("client-\(index)", role: "client") }
         let probeKeys = try peer("probe", role: "client")
 
-        let endpoint = "tcp://127.0.0.1:\(try freeLoopbackPort())"
+        var endpoints: [String] = []
+        for _ in 0..<brokers { endpoints.append("tcp://127.0.0.1:\(try freeLoopbackPort())") }
         let binDir = URL(fileURLWithPath: try executablePath()).deletingLastPathComponent()
         let smq = binDir.appendingPathComponent("smq").path
         let brokerPath = binDir.appendingPathComponent("secure-broker").path
@@ -179,13 +201,22 @@ struct BenchRun: AsyncParsableCommand {
         let started = ContinuousClock.now
         let deadline = started + OptionCheck.duration(seconds: timeout)
 
-        let broker = try children.spawn(wrapper(.broker, 0), brokerPath, [
-            "--endpoint", endpoint, "--cert", certs + "/broker.key_secret", "--allowlist", certs + "/allowed",
-            "--base-window", "\(max(32, credit))", "--byte-budget", byteBudget, "--max-fragment", "\(shape.maxFragment)",
-            "--max-jobs", "\(jobs)", "--drain-timeout", "2", "--log-level", logLevel,
-        ], log: dir + "/broker.log", role: .broker)
+        // One key for every broker: the shape measured is the brokers' work, not key handling.
+        var brokerChildren: [Child] = []
+        for (index, endpoint) in endpoints.enumerated() {
+            brokerChildren.append(try children.spawn(wrapper(.broker, index), brokerPath, [
+                "--endpoint", endpoint, "--cert", certs + "/broker.key_secret", "--allowlist", certs + "/allowed",
+                "--base-window", "\(max(32, credit))", "--byte-budget", byteBudget, "--max-fragment", "\(shape.maxFragment)",
+                "--max-jobs", "\(jobs)", "--drain-timeout", "2", "--log-level", logLevel,
+            ], log: dir + (brokers == 1 ? "/broker.log" : "/broker-\(index).log"), role: .broker))
+        }
+        let broker = brokerChildren[0]
 
-        let common = ["--broker", endpoint, "--broker-key", certs + "/broker.key", "--log-level", logLevel]
+        /// Every broker, starting with broker `first`: clients spread their first choice.
+        func brokerArguments(first: Int) -> [String] {
+            (0..<brokers).flatMap { ["--broker", endpoints[(first + $0) % brokers]] } + ["--broker-key", certs + "/broker.key"]
+        }
+        let common = ["--log-level", logLevel]
         let shapeArguments = [
             "--size", "\(shape.size)", "--reply-size", "\(shape.replySize)", "--inflight", "\(shape.inflight)",
             "--seconds", "\(shape.seconds)", "--warmup", "\(shape.warmup)", "--count", "\(shape.count)",
@@ -193,13 +224,15 @@ struct BenchRun: AsyncParsableCommand {
             "--service", shape.service,
         ]
         for index in 0..<workers {
-            _ = try children.spawn(wrapper(.worker, index), smq, ["bench", "worker"] + common + shapeArguments + [
+            _ = try children.spawn(wrapper(.worker, index), smq, ["bench", "worker"] + brokerArguments(first: 0) + common + shapeArguments + [
                 "--cert", certs + "/worker-\(index).key_secret", "--credit", "\(credit)",
             ], log: dir + "/worker-\(index).log", role: .worker)
         }
 
         // Wait until every worker has said READY, so the clients meet the whole pool.
-        try await waitForWorkers(endpoint: endpoint, brokerKey: brokerKeys.publicKey, probe: probeKeys, children: children, deadline: deadline)
+        for endpoint in endpoints {
+            try await waitForWorkers(endpoint: endpoint, brokerKey: brokerKeys.publicKey, probe: probeKeys, children: children, deadline: deadline)
+        }
 
         // Job mode reads its payload from a file: write it now (not counted: this process is not
         // measured), fsync'd so no writeback runs during the measurement.
@@ -217,12 +250,16 @@ struct BenchRun: AsyncParsableCommand {
             fail("pipe failed: errno \(errno)")
         }
         for index in 0..<clients {
-            _ = try children.spawn(wrapper(.client, index), smq, ["bench", "client"] + common + shapeArguments + [
+            _ = try children.spawn(wrapper(.client, index), smq, ["bench", "client"] + brokerArguments(first: index % brokers) + common + shapeArguments + [
                 "--cert", certs + "/client-\(index).key_secret", "--index", "\(index)",
-            ] + clientArguments, log: dir + "/client-\(index).log", role: .client, stdout: fds[1])
+            ] + (clientHeartbeatMs.map { ["--heartbeat-ms", "\($0)"] } ?? [])
+              + (killBrokerAfter != nil ? ["--kill-mark", dir + "/kill-mark"] : []) + clientArguments, log: dir + "/client-\(index).log", role: .client, stdout: fds[1])
         }
         close(fds[1])
-        let lines = readLines(fd: fds[0], until: deadline, children: &children)
+        let victim = killBrokerAfter.map { (at: ContinuousClock.now + OptionCheck.duration(seconds: $0), child: brokerChildren[brokers - 1]) }
+        var killedAt: UInt64?
+        let lines = readLines(fd: fds[0], until: deadline, children: &children, kill: victim, killedAt: &killedAt,
+                              mark: dir + "/kill-mark")
         close(fds[0])
 
         // Clients are done: reap them, take the broker's peak RSS while it still runs, stop the rest.
@@ -238,8 +275,9 @@ struct BenchRun: AsyncParsableCommand {
         // A profiler wrapping a role needs time to write its data after the role exits.
         let grace: Duration = wraps.isEmpty ? .seconds(3) : .seconds(60)
         for child in children.all where child.role == .worker { usage.add(child.role, children.reap(child, grace: grace)) }
-        broker.signal(SIGTERM)
-        usage.add(.broker, children.reap(broker, grace: grace + .seconds(2)))
+        // A stopped broker would hold SIGTERM pending until the reap's grace ran out.
+        for child in brokerChildren { child.signal(killedAt != nil && child.pid == victim?.child.pid && killSignal == .stop ? SIGKILL : SIGTERM) }
+        for child in brokerChildren { usage.add(.broker, children.reap(child, grace: grace + .seconds(2))) }
 
         let reports = lines.compactMap(ClientReport.init(line:))
         guard reports.count == clients, !failed else {
@@ -258,7 +296,7 @@ struct BenchRun: AsyncParsableCommand {
         let per = total > 0 ? 1e6 / Double(total) : 0
         let fields: [(String, String)] = [
             ("mode", shape.clientMode.rawValue), ("executor", shape.clientExecutor.rawValue), ("sec", "curve"), ("size", "\(shape.size)"), ("reply", "\(shape.replySize)"),
-            ("workers", "\(workers)"), ("clients", "\(clients)"), ("inflight", "\(shape.inflight)"), ("credit", "\(credit)"),
+            ("brokers", "\(brokers)"), ("workers", "\(workers)"), ("clients", "\(clients)"), ("inflight", "\(shape.inflight)"), ("credit", "\(credit)"),
             ("req_per_s", f(rate, 0)), ("MB_per_s_each_way", f(rate * Double(shape.size) / 1e6, 1)),
             ("c0_window_s", f(first.windowSeconds, 2)), ("c0_p50_us", f(first.p50, 1)), ("c0_p99_us", f(first.p99, 1)),
             ("c0_p999_us", f(first.p999, 1)), ("max_client_p99_us", f(maxP99, 1)), ("machine_busy_pct", f(first.busy, 0)),
@@ -272,9 +310,18 @@ struct BenchRun: AsyncParsableCommand {
             ("client_max_maxrss_kib", "\(usage.maxRSS[.client, default: 0])"),
             ("byte_budget", "\(try ByteSize.parse(byteBudget, option: "--byte-budget"))"),
             ("broker_exit", "\(usage.brokerStatus)"),
-        ]
+        ] + failoverFields(reports, killedAt: killedAt)
         print("smq " + fields.map { "\($0.0)=\($0.1)" }.joined(separator: " "))
         flushStandardOutput()
+    }
+
+    /// `failover_ms`: the largest of the clients' `failover_us` (see `BenchClient.failover`);
+    /// -1 when no client measured one.
+    private func failoverFields(_ reports: [ClientReport], killedAt: UInt64?) -> [(String, String)] {
+        guard killBrokerAfter != nil else { return [] }
+        guard killedAt != nil else { return [("failover_ms", "-1"), ("kill", "not_reached")] }
+        let worst = reports.map(\.failoverMicroseconds).max() ?? -1
+        return [("failover_ms", worst < 0 ? "-1" : f(worst / 1e3, 1))]
     }
 
     private func waitForWorkers(endpoint: String, brokerKey: PublicKey, probe: KeyPair, children: ChildSet,
@@ -300,18 +347,28 @@ struct BenchRun: AsyncParsableCommand {
     }
 
     /// Reads the clients' result lines until every writer has closed the pipe (or the deadline).
-    private func readLines(fd: Int32, until deadline: ContinuousClock.Instant, children: inout ChildSet) -> [String] {
+    /// With `kill`, SIGKILLs that child at its instant and stores the time (SocketClock) in `killedAt`.
+    private func readLines(fd: Int32, until deadline: ContinuousClock.Instant, children: inout ChildSet,
+                           kill: (at: ContinuousClock.Instant, child: Child)?, killedAt: inout UInt64?, mark: String) -> [String] {
         var data = [UInt8]()
         var chunk = [UInt8](repeating: 0, count: 4096)
         while true {
-            let left = deadline - ContinuousClock.now
-            guard left > .zero else {
+            if let kill, killedAt == nil, ContinuousClock.now >= kill.at {
+                let now = SocketClock.now()
+                killedAt = now
+                kill.child.signal(killSignal.number)
+                // The clients read the kill's time at their end, to tell failover from the rest.
+                _ = FileManager.default.createFile(atPath: mark, contents: Data("\(now)\n".utf8))
+            }
+            var left = deadline - ContinuousClock.now
+            if let kill, killedAt == nil { left = Swift.min(left, Swift.max(.milliseconds(1), kill.at - ContinuousClock.now)) }
+            guard ContinuousClock.now < deadline else {
                 FileHandle.standardError.write(Data("smq bench: timed out; stopping every process\n".utf8))
                 children.killAll()
                 break
             }
             var item = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-            let ready = poll(&item, 1, Int32(min(1000, max(1, left.components.seconds * 1000))))
+            let ready = poll(&item, 1, Int32(min(1000, max(1, (left / .milliseconds(1)).rounded(.up)))))
             if ready < 0 && errno == EINTR { continue }
             if ready == 0 { continue }
             let n = read(fd, &chunk, chunk.count)
@@ -362,6 +419,8 @@ struct ClientReport {
     let windowSeconds: Double
     let p50, p90, p99, p999, max, busy: Double
     let errors: Int
+    /// `failover_us`, or -1.
+    let failoverMicroseconds: Double
 
     init?(line: String) {
         let parts = line.split(separator: " ")
@@ -383,6 +442,7 @@ struct ClientReport {
         max = values["max_us"] ?? 0
         busy = values["busy"] ?? 0
         errors = Int(values["errors"] ?? 0)
+        failoverMicroseconds = values["failover_us"] ?? -1
     }
 }
 
@@ -502,6 +562,11 @@ struct ChildSet {
     }
 }
 
+enum BenchKillSignal: String, ExpressibleByArgument, CaseIterable {
+    case kill = "KILL", stop = "STOP"
+    var number: Int32 { self == .kill ? SIGKILL : SIGSTOP }
+}
+
 // MARK: - worker
 
 struct BenchWorker: AsyncParsableCommand {
@@ -521,14 +586,14 @@ struct BenchWorker: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let (brokerKey, keyPair, logger) = try peer.load()
+        let (brokers, keyPair, logger) = try peer.load()
         var options = Worker.Options()
         options.credit = credit
         options.maxFragmentSize = shape.maxFragment
         options.connection = peer.connectionOptions(waitForBroker: true)
         let worker: Worker
         do {
-            worker = try await Worker.connect(to: peer.broker, brokerKey: brokerKey, keyPair: keyPair, service: shape.service,
+            worker = try await Worker.connect(to: brokers, keyPair: keyPair, service: shape.service,
                                               options: options, logger: logger)
         } catch {
             fail(error.message)
@@ -566,6 +631,8 @@ struct BenchLane: Sendable {
     var last: UInt64 = 0
     var latencies: [UInt64] = []
     var lastError = ""
+    /// With `--kill-mark` (request mode): every request's (sent, answered), to measure failover with.
+    var spans: [(from: UInt64, to: UInt64)] = []
 }
 
 final class SharedCounter: Sendable {
@@ -586,25 +653,46 @@ struct BenchClient: AsyncParsableCommand {
     @Option(help: "This client's number in the result line.")
     var index: Int = 0
 
+    @Option(help: "Heartbeat interval in milliseconds (default: the library's).")
+    var heartbeatMs: Int?
+
+    @Option(help: "A file where the orchestrator writes when it killed a broker (CLOCK_MONOTONIC ns): read at the end to print failover_us.")
+    var killMark: String?
+
+    private var trackSpans: Bool { killMark != nil }
+
+    /// From the kill to the answer of the last request outstanding at it: the ones the killed
+    /// broker held are answered only once moved to another (an upper bound: requests at the
+    /// live brokers end within their usual latency). Microseconds; -1 without a kill.
+    private func failoverMicroseconds(_ lanes: [BenchLane], mark: String) -> Double {
+        guard let text = try? String(contentsOfFile: mark, encoding: .utf8),
+              let kill = UInt64(text.trimmingCharacters(in: .whitespacesAndNewlines)) else { return -1 }
+        let spans = lanes.lazy.flatMap(\.spans)
+        guard let end = spans.filter({ $0.from <= kill && $0.to > kill }).map(\.to).max() else { return -1 }
+        return Double(end - kill) / 1e3
+    }
+
     func validate() throws {
         try OptionCheck.integer(index, option: "--index", 0...1_000_000)
+        if let heartbeatMs { try OptionCheck.integer(heartbeatMs, option: "--heartbeat-ms", 100...60_000) }  // §4.1
     }
 
     @Option(help: "Job mode: the payload file (count × size bytes; with --seconds the job is cancelled when time is up).")
     var payload: String?
 
     func run() async throws {
-        let (brokerKey, keyPair, logger) = try peer.load()
+        let (brokers, keyPair, logger) = try peer.load()
         var options = Client.Options()
         options.maxFragmentSize = shape.maxFragment
         options.connection = peer.connectionOptions()
+        if let heartbeatMs { options.heartbeatInterval = .milliseconds(heartbeatMs) }
         if shape.clientMode == .job {
             options.fragmentSize = shape.size
             options.window = shape.inflight
         }
         let client: Client
         do {
-            client = try await Client.connect(to: peer.broker, brokerKey: brokerKey, keyPair: keyPair, options: options, logger: logger)
+            client = try await Client.connect(to: brokers, keyPair: keyPair, options: options, logger: logger)
         } catch {
             fail(error.message)
         }
@@ -634,7 +722,8 @@ struct BenchClient: AsyncParsableCommand {
             FileHandle.standardError.write(Data("client \(index): \(errors) failed requests, e.g. \(sample)\n".utf8))
         }
         func p(_ q: Double) -> String { String(format: "%.1f", Double(percentile(latencies, q)) / 1e3) }
-        print("C \(index) total=\(total) window_n=\(measured) window_s=\(String(format: "%.4f", window)) p50_us=\(p(50)) p90_us=\(p(90)) p99_us=\(p(99)) p999_us=\(p(99.9)) max_us=\(String(format: "%.1f", Double(latencies.last ?? 0) / 1e3)) busy=\(String(format: "%.0f", CPUStat.busyPercent(before, after))) errors=\(errors)")
+        let failover = killMark.map { failoverMicroseconds(lanes, mark: $0) } ?? -1
+        print("C \(index) total=\(total) window_n=\(measured) window_s=\(String(format: "%.4f", window)) p50_us=\(p(50)) p90_us=\(p(90)) p99_us=\(p(99)) p999_us=\(p(99.9)) max_us=\(String(format: "%.1f", Double(latencies.last ?? 0) / 1e3)) busy=\(String(format: "%.0f", CPUStat.busyPercent(before, after))) errors=\(errors)\(killMark != nil ? " failover_us=\(String(format: "%.1f", failover))" : "")")
         flushStandardOutput()
         if errors > 0 && measured == 0 { throw ExitCode(3) }
     }
@@ -645,6 +734,7 @@ struct BenchClient: AsyncParsableCommand {
         let stopAt = measureFrom + UInt64(shape.seconds * 1e9)
         let claimed = SharedCounter()
         let (count, size, service) = (shape.count, shape.size, shape.service)
+        let trackSpans = trackSpans
         return await withTaskGroup(of: BenchLane.self) { group in
             for lane in 0..<shape.inflight {
                 group.addTask {
@@ -673,6 +763,7 @@ struct BenchClient: AsyncParsableCommand {
                             continue
                         }
                         let now = SocketClock.now()
+                        if trackSpans { state.spans.append((sent, now)) }
                         state.total += 1
                         if now >= measureFrom {
                             state.measured += 1

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Glibc
 import Synchronization
 import Logging
 import SecureMQ
@@ -14,27 +15,44 @@ struct SMQ: AsyncParsableCommand {
     )
 }
 
-/// Where to find the broker and who we are: shared by `worker` and `submit`.
+/// Where to find the brokers and who we are: shared by every command that connects.
 /// A flag wins over its environment variable, which wins over the default (issue 13): set
-/// `SMQ_BROKER`, `SMQ_BROKER_KEY` and `SMQ_CERT` once instead of repeating three flags.
+/// `SMQ_BROKER`, `SMQ_BROKER_KEY` and `SMQ_CERT` once instead of repeating three flags. Several
+/// brokers (issue 12): `--broker` repeated, or `--brokers FILE`; the rules are ``BrokerList``'s.
 struct PeerOptions: ParsableArguments {
-    @Option(name: .customLong("broker"), help: "The broker's endpoint. (default: $SMQ_BROKER, else tcp://127.0.0.1:5555)")
-    var brokerFlag: String?
+    @Option(name: .customLong("broker"), help: ArgumentHelp(
+        "A broker's endpoint; repeat for several brokers. (default: $SMQ_BROKER, comma-separated, else tcp://127.0.0.1:5555)",
+        valueName: "endpoint"))
+    var brokerFlags: [String] = []
 
-    @Option(name: .customLong("broker-key"), help: "The broker's public certificate. (default: $SMQ_BROKER_KEY, else certs/broker.key)")
-    var brokerKeyFlag: String?
+    @Option(name: .customLong("broker-key"), help: ArgumentHelp(
+        "A broker's public certificate: one for all brokers, or one per --broker in the same order. (default: $SMQ_BROKER_KEY, comma-separated, else certs/broker.key)",
+        valueName: "file"))
+    var brokerKeyFlags: [String] = []
+
+    @Option(name: .customLong("brokers"), help: ArgumentHelp(
+        "A file naming the brokers, one 'ENDPOINT KEYFILE' per line (# comments and blank lines allowed; a relative KEYFILE is relative to the file's directory). Replaces --broker, --broker-key and their variables.",
+        valueName: "file"))
+    var brokersFile: String?
 
     @Option(name: .customLong("cert"), help: "Our secret certificate (mode 0600); its public key must be on the broker's allowlist. (default: $SMQ_CERT)")
     var certFlag: String?
 
-    var broker: String { brokerFlag ?? Self.environment("SMQ_BROKER") ?? "tcp://127.0.0.1:5555" }
-    var brokerKey: String { brokerKeyFlag ?? Self.environment("SMQ_BROKER_KEY") ?? "certs/broker.key" }
+    @Flag(help: "Print the effective brokers, keys and settings (and where each came from), then exit without connecting.")
+    var printConfig = false
+
     var cert: String { certFlag ?? Self.environment("SMQ_CERT") ?? "" }
 
     /// An environment variable, unless unset or empty.
     static func environment(_ name: String) -> String? {
         guard let value = ProcessInfo.processInfo.environment[name], !value.isEmpty else { return nil }
         return value
+    }
+
+    /// The brokers from the flags, `--brokers FILE` or the environment.
+    func brokerList() throws(BrokerList.Failure) -> BrokerList {
+        try BrokerList.resolve(endpointFlags: brokerFlags, keyFlags: brokerKeyFlags, file: brokersFile,
+                               environment: ProcessInfo.processInfo.environment, readFile: BrokerList.read)
     }
 
     @Option(help: "Seconds to wait for the broker before giving up.")
@@ -46,10 +64,20 @@ struct PeerOptions: ParsableArguments {
     func validate() throws {
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("--log-level must be trace, debug, info, notice, warning or error") }
         try OptionCheck.seconds(connectTimeout, option: "--connect-timeout")
-        guard !cert.isEmpty else { throw ValidationError("Missing expected argument '--cert <cert>' (or set SMQ_CERT to our secret certificate)") }
+        do { _ = try brokerList() } catch { throw ValidationError(error.description) }
+        guard !cert.isEmpty || printConfig else { throw ValidationError("Missing expected argument '--cert <cert>' (or set SMQ_CERT to our secret certificate)") }
     }
 
-    func load() throws -> (brokerKey: PublicKey, keyPair: KeyPair, logger: Logger) {
+    /// The brokers (keys loaded), our key pair and the logger; with `--print-config`, prints the
+    /// effective settings and exits 0 instead.
+    func load() throws -> (brokers: [BrokerAddress], keyPair: KeyPair, logger: Logger) {
+        let list: BrokerList
+        do { list = try brokerList() } catch { fail(error.description) }
+        if printConfig {
+            print(configurationReport(list))
+            flushStandardOutput()
+            Glibc.exit(0)
+        }
         let level = Logger.Level(rawValue: logLevel) ?? .warning
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
@@ -57,13 +85,31 @@ struct PeerOptions: ParsableArguments {
             return handler
         }
         do {
-            let broker = try Certificate.load(path: brokerKey)
+            var keys: [String: PublicKey] = [:]
+            var brokers: [BrokerAddress] = []
+            for entry in list.entries {
+                let key = try keys[entry.keyPath] ?? Certificate.load(path: entry.keyPath).publicKey
+                keys[entry.keyPath] = key
+                brokers.append(BrokerAddress(entry.endpoint, key: key))
+            }
             let mine = try Certificate.load(path: cert)
-            return (broker.publicKey, try mine.keyPair(), Logger(label: "smq"))
+            return (brokers, try mine.keyPair(), Logger(label: "smq"))
         } catch {
             // A certificate error may quote the file: its name and metadata are not ours.
             fail(PeerText.escaped("\(error)"))
         }
+    }
+
+    /// What `--print-config` shows: each broker as a brokers-file line, then our settings.
+    func configurationReport(_ list: BrokerList) -> String {
+        let source = list.endpointSource == list.keySource ? list.endpointSource : "\(list.endpointSource), keys from \(list.keySource)"
+        var lines = ["brokers (from \(PeerText.escaped(source))):"]
+        lines += list.entries.map { "  \(PeerText.escaped($0.endpoint)) \(PeerText.escaped($0.keyPath))" }
+        let certSource = certFlag != nil ? "--cert" : "SMQ_CERT"
+        lines.append(cert.isEmpty ? "cert: (none: give --cert or set SMQ_CERT)" : "cert: \(PeerText.escaped(cert)) (from \(certSource))")
+        lines.append("connect-timeout: \(connectTimeout) s")
+        lines.append("log-level: \(logLevel)")
+        return lines.joined(separator: "\n")
     }
 
     /// A client fails at once when nothing listens at the endpoint (a typo, a broker not

@@ -58,7 +58,7 @@ struct SubmitCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let (brokerKey, keyPair, logger) = try peer.load()
+        let (brokers, keyPair, logger) = try peer.load()
         let progress = SubmitProgress(shown: !quiet && !json && isatty(STDERR_FILENO) != 0)
         let names = try loadWorkerNames()
         Cleanup.onTerminationSignals()
@@ -82,7 +82,7 @@ struct SubmitCommand: AsyncParsableCommand {
         let started = ContinuousClock.now
         var connected: Client?
         do {
-            let client = try await Client.connect(to: peer.broker, brokerKey: brokerKey, keyPair: keyPair,
+            let client = try await Client.connect(to: brokers, keyPair: keyPair,
                                                   options: options, logger: logger)
             connected = client
             // A typo in the service name would otherwise wait the broker's whole service

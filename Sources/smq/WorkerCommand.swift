@@ -43,7 +43,7 @@ struct WorkerCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let (brokerKey, keyPair, logger) = try peer.load()
+        let (brokers, keyPair, logger) = try peer.load()
         let builtin = BuiltinService(rawValue: handler ?? service)!
         var options = Worker.Options()
         options.credit = credit
@@ -51,12 +51,12 @@ struct WorkerCommand: AsyncParsableCommand {
         options.connection = peer.connectionOptions(waitForBroker: true)
         let worker: Worker
         do {
-            worker = try await Worker.connect(to: peer.broker, brokerKey: brokerKey, keyPair: keyPair, service: service,
+            worker = try await Worker.connect(to: brokers, keyPair: keyPair, service: service,
                                               options: options, logger: logger)
         } catch {
             fail(error.message)
         }
-        print("worker \(keyPair.publicKey.fingerprint) connected: asked for service \(service), credit \(credit)")
+        print("worker \(keyPair.publicKey.fingerprint) connected: asked for service \(service), credit \(credit)\(brokers.count > 1 ? " split over \(brokers.count) brokers" : "")")
         flushStandardOutput()
         let delay = delayMs
         let crashIndex = crashOnIndex
