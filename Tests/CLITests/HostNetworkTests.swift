@@ -94,7 +94,7 @@ struct HostNetworkTests {
     }
 }
 
-extension ChildProcess {
+fileprivate extension ChildProcess {
     /// Waits until a broker logs that it listens on `endpoint`.
     func waitUntilListening(on endpoint: String) async throws {
         try await waitForLine(containing: "listening", "endpoints=\(endpoint)")

@@ -150,7 +150,7 @@ struct SeveralBrokersHostTests {
 // MARK: - Where a test's processes run
 
 /// One test's processes and, when namespaces can be made, their hosts.
-final class Site: Sendable {
+fileprivate final class Site: Sendable {
     let label: String
     let harness: ProcessHarness
     /// nil: everything runs on this machine, brokers on 127.0.0.66 (the loopback variant).
@@ -257,13 +257,13 @@ final class Site: Sendable {
 }
 
 /// One endpoint of a broker and the key it serves there.
-struct BrokerEndpoint: Sendable {
+fileprivate struct BrokerEndpoint: Sendable {
     let endpoint: String
     let key: TestPeer
 }
 
 /// A running broker: its host, its endpoints, its process.
-struct DeployedBroker: Sendable {
+fileprivate struct DeployedBroker: Sendable {
     let name: String
     let host: NetworkHost?
     let addresses: [BrokerEndpoint]
@@ -279,14 +279,14 @@ struct DeployedBroker: Sendable {
     }
 }
 
-struct DeployedWorker: Sendable {
+fileprivate struct DeployedWorker: Sendable {
     let peer: TestPeer
     let host: NetworkHost?
     let child: ChildProcess
 }
 
 /// A running `smq submit`, its payload, and what the brokers had logged when it started.
-struct RunningJob: Sendable {
+fileprivate struct RunningJob: Sendable {
     let child: ChildProcess
     let payload: [UInt8]
     /// Statistics lines each broker had printed before the job started.
@@ -330,7 +330,7 @@ struct RunningJob: Sendable {
 }
 
 /// What `smq submit` printed in its summary.
-struct SubmitSummary: Sendable, CustomStringConvertible {
+fileprivate struct SubmitSummary: Sendable, CustomStringConvertible {
     let fragments: Int?
     let resubmitted: Int?
     let duplicates: Int?
@@ -351,7 +351,7 @@ struct SubmitSummary: Sendable, CustomStringConvertible {
 }
 
 /// Brokers, workers and a client key, placed on a ``Site``.
-final class Deployment: @unchecked Sendable {
+fileprivate final class Deployment: @unchecked Sendable {
     // @unchecked: a test's own scratch state, used from its one task.
     let site: Site
     let certs: TestCertificates
@@ -473,12 +473,12 @@ final class Deployment: @unchecked Sendable {
     }
 }
 
-extension Duration {
+fileprivate extension Duration {
     var milliseconds: Int64 { components.seconds * 1000 + components.attoseconds / 1_000_000_000_000_000 }
 }
 
 /// What the client logs when it moves fragments to another broker.
-enum ClientLog {
+fileprivate enum ClientLog {
     static func resubmitted(_ line: String) -> Bool {
         line.lowercased().contains("resubmit")
     }
@@ -486,7 +486,7 @@ enum ClientLog {
 
 /// What the built `smq` offers, asked once: the tests use short heartbeats only where the
 /// client can be given them.
-enum SMQFeatures {
+fileprivate enum SMQFeatures {
     static func clientHeartbeat(_ harness: ProcessHarness) async throws -> Bool {
         let help = try await harness.run("smq", ["submit", "--help"], name: "submit-help")
         return help.stdoutText.contains("--heartbeat-ms")
