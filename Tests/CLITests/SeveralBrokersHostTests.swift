@@ -24,13 +24,20 @@ struct SeveralBrokersHostTests {
         let job = try await d.startJob(payload, name: "job")
         let holder = try await d.brokerHoldingAJob(since: job)
         try await d.waitUntilOutput(job, reaches: 30 * Self.fragment)
+        let resubmitsBefore = job.child.lines(.stderr).filter(ClientLog.resubmitted).count
+        let killed = ContinuousClock.now
         holder.child.kill()
         #expect(job.child.isRunning && d.outputSize(job) < payload.count,
                 "the job ended before \(holder.name) was killed: nothing was tested")
         #expect(try await holder.child.waitForExit(timeout: .seconds(10)) == .signaled(SIGKILL))
+        // Measured, not asserted: the kernel closes a killed process's connections, so the
+        // client sees the drop at once (the silent case is the link cut below).
+        try await job.waitForLine(occurrence: resubmitsBefore + 1, timeout: .seconds(30), "a resubmission after the kill",
+                                  where: ClientLog.resubmitted)
+        let moved = ContinuousClock.now - killed
         let summary = try await d.expectDeliveredExactlyOnce(job, payload: payload)
         #expect((summary.resubmitted ?? 0) > 0, "the client resubmitted nothing after \(holder.name) died\n\(job.transcript)")
-        site.note("kill -9 of \(holder.name) mid-job: the job \(job.child.termination!) (\(summary))")
+        site.note("kill -9 of \(holder.name) mid-job: resubmission logged \(moved.milliseconds) ms after the kill; the job \(job.child.termination!) (\(summary))")
     }
 
     @Test func aBrokerCutOffMidJobLosesItsFragmentsWithinTheHeartbeatAndServesAgainOnceBack() async throws {
