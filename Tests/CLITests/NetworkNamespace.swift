@@ -61,8 +61,8 @@ final class HostNetwork: Sendable {
     }
 
     /// Makes the bridge's namespace and its bridge, after removing what crashed runs left.
-    /// - Throws: ``HostNetworkUnavailable`` when namespaces cannot be made here (the tests then
-    ///   run their loopback variant); ``HarnessError`` when a later step fails.
+    /// - Throws: ``HostNetworkUnavailable`` when namespaces, bridges or veth pairs cannot be made
+    ///   here (the tests then run their loopback variant).
     init() throws {
         guard geteuid() == 0 else {
             throw HostNetworkUnavailable(description: "network namespaces need root (euid \(geteuid()))")
@@ -78,13 +78,17 @@ final class HostNetwork: Sendable {
         } catch {
             throw HostNetworkUnavailable(description: "cannot make a network namespace: \(error)")
         }
+        // A kernel or container without bridges or veth pairs refuses here, not halfway
+        // through a test: that too means "no namespace hosts", and the loopback variant runs.
         do {
             try IPCommand.run(["-n", bridgeNamespace, "link", "set", "lo", "up"])
             try IPCommand.run(["-n", bridgeNamespace, "link", "add", "br0", "type", "bridge"])
             try IPCommand.run(["-n", bridgeNamespace, "link", "set", "br0", "up"])
+            try IPCommand.run(["-n", bridgeNamespace, "link", "add", "probe0", "type", "veth", "peer", "name", "probe1"])
+            try IPCommand.run(["-n", bridgeNamespace, "link", "delete", "probe0"])
         } catch {
             tearDown()
-            throw error
+            throw HostNetworkUnavailable(description: "cannot make a bridge and veth pairs in a network namespace: \(error)")
         }
     }
 
