@@ -57,6 +57,8 @@ final class HostNetwork: Sendable {
 
     private struct State {
         var hosts: [NetworkHost] = []
+        /// Names and numbers are handed out under the lock, before the host is made.
+        var names: Set<String> = []
         var tornDown = false
     }
 
@@ -104,9 +106,9 @@ final class HostNetwork: Sendable {
     func addHost(_ name: String) throws -> NetworkHost {
         let number = try state.withLock { state -> Int in
             guard !state.tornDown else { throw HarnessError("the network \(runID) was torn down; cannot add \(name)") }
-            guard state.hosts.count < 200 else { throw HarnessError("a HostNetwork holds at most 200 hosts") }
-            guard !state.hosts.contains(where: { $0.name == name }) else { throw HarnessError("a host named \(name) exists already") }
-            return state.hosts.count + 1
+            guard state.names.count < 200 else { throw HarnessError("a HostNetwork holds at most 200 hosts") }
+            guard state.names.insert(name).inserted else { throw HarnessError("a host named \(name) exists already") }
+            return state.names.count
         }
         let port = "p\(number)-" + name.prefix(10)
         let host = NetworkHost(name: name, namespace: "\(runID)-\(name)", address: "\(Self.subnet).\(10 + number)", port: port)
