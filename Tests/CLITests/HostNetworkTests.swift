@@ -16,6 +16,14 @@ struct HostNetworkTests {
         }
     }
 
+    func waitUntil(_ what: String, timeout: Duration = .seconds(10), _ condition: () -> Bool) async throws {
+        let deadline = ContinuousClock.now + timeout
+        while !condition() {
+            guard ContinuousClock.now < deadline else { throw HarnessError("timed out waiting for \(what)") }
+            try await Task.sleep(for: .milliseconds(10))
+        }
+    }
+
     @Test func aBrokerOnOneHostAnswersAnotherUntilItsLinkIsCutAndAgainOnceRestored() async throws {
         guard let network = try network() else { return }
         let harness = try ProcessHarness("host-network")
@@ -65,11 +73,23 @@ struct HostNetworkTests {
         let command = try network.command(in: host, "/bin/sleep", ["600"])
         let pid = try Spawn.start(executable: command.executable, arguments: command.arguments, environment: [:], currentDirectory: "/",
                                   stdin: "/dev/null", stdout: "/dev/null", stderr: "/dev/null")
+        var ended: Termination?
+        defer {
+            network.tearDown()
+            if ended == nil {  // the test failed first
+                Glibc.kill(pid, SIGKILL)
+                while Spawn.reap(pid) == nil { usleep(1_000) }
+            }
+        }
         #expect(HostNetwork.namespaces(startingWith: network.runID).count == 2)
+        // Until `ip netns exec` has entered the namespace, the process is not in it to be found.
+        try await waitUntil("sleep inside \(host.namespace)") {
+            (try? IPCommand.run(["netns", "pids", host.namespace]))?.split(whereSeparator: \.isWhitespace).contains { pid_t($0) == pid } == true
+        }
         network.tearDown()
         #expect(HostNetwork.namespaces(startingWith: network.runID).isEmpty)
         let deadline = ContinuousClock.now + .seconds(10)
-        var ended = Spawn.reap(pid)
+        ended = Spawn.reap(pid)
         while ended == nil && ContinuousClock.now < deadline {
             try await Task.sleep(for: .milliseconds(10))
             ended = Spawn.reap(pid)
