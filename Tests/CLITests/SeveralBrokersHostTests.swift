@@ -78,7 +78,10 @@ struct SeveralBrokersHostTests {
         site.note("cut \(holder.name): resubmission logged \(resubmitted.map { "\($0.milliseconds) ms" } ?? "never") after the cut, "
                   + "results beyond the window \(grewBeyondWindow.map { "\($0.milliseconds) ms" } ?? "never") after (bound \(bound.milliseconds) ms)")
         let moved = try #require(resubmitted, "the client logged no resubmission after \(holder.name) was cut off\n\(job.transcript)")
-        #expect(moved <= bound, "the fragments \(holder.name) held moved \(moved.milliseconds) ms after the cut, over \(bound.milliseconds) ms")
+        #expect(moved <= bound, """
+            the fragments \(holder.name) held moved \(moved.milliseconds) ms after the cut, over interval × liveness + 1 s = \(bound.milliseconds) ms; the client said:
+            \(job.child.lines(.stderr).filter { $0.contains("broker lost") || ClientLog.resubmitted($0) }.joined(separator: "\n"))
+            """)
         // …to another broker.
         let resubmission = job.child.lines(.stderr).filter(ClientLog.resubmitted).dropFirst(resubmitsBefore).first ?? ""
         #expect(!resubmission.contains(holder.addresses[0].endpoint), "\(resubmission)")
