@@ -45,7 +45,7 @@ struct SeveralBrokersHostTests {
         defer { site.tearDown() }
         guard site.network != nil else {
             site.note("link cut and restore: NOT RUN, it needs network namespaces (\(site.unavailable ?? "?"))")
-            return
+            try Test.cancel("needs network namespaces: \(site.unavailable ?? "?")")
         }
         site.announce("link of the broker holding a job cut, then restored")
         let heartbeat = try await SMQFeatures.clientHeartbeat(site.harness) ? 500 : 2500
