@@ -41,7 +41,7 @@ struct SeveralBrokersHostTests {
     }
 
     @Test func aBrokerCutOffMidJobLosesItsFragmentsWithinTheHeartbeatAndServesAgainOnceBack() async throws {
-        let site = try Site("brokers-cut", needsHosts: true)
+        let site = try Site("brokers-cut")
         defer { site.tearDown() }
         guard site.network != nil else {
             site.note("link cut and restore: NOT RUN, it needs network namespaces (\(site.unavailable ?? "?"))")
@@ -174,7 +174,7 @@ fileprivate final class Site: Sendable {
 
     /// Makes a network of hosts unless namespaces cannot be made here, or `SMQ_TEST_NETNS=0`
     /// asks for the loopback variant.
-    init(_ label: String, needsHosts: Bool = false) throws {
+    init(_ label: String) throws {
         self.label = label
         harness = try ProcessHarness(label)
         if ProcessInfo.processInfo.environment["SMQ_TEST_NETNS"] == "0" {
