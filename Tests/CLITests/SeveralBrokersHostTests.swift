@@ -363,9 +363,8 @@ fileprivate struct SubmitSummary: Sendable, CustomStringConvertible {
     }
 }
 
-/// Brokers, workers and a client key, placed on a ``Site``.
-fileprivate final class Deployment: @unchecked Sendable {
-    // @unchecked: a test's own scratch state, used from its one task.
+/// Brokers, workers and a client key, placed on a ``Site``: one test's state, used from its task only.
+fileprivate final class Deployment {
     let site: Site
     let certs: TestCertificates
     let client: TestPeer
