@@ -35,6 +35,9 @@ struct SubmitCommand: AsyncParsableCommand {
     @Option(help: "Seconds the job may take; then it fails with 408 and the broker drops the rest. (default: no deadline)")
     var deadline: Double?
 
+    @Option(help: "PING interval in milliseconds while the job runs; a broker silent for 3 intervals is left and its fragments move to another broker (100…60000).")
+    var heartbeatMs: Int = 2500
+
     @Option(help: "The most bytes read from stdin (-); a longer stream fails. Suffixes K, M, G.")
     var stdinLimit: String = "4G"
 
@@ -53,6 +56,7 @@ struct SubmitCommand: AsyncParsableCommand {
     func validate() throws {
         _ = try OptionCheck.size(fragmentSize, option: "--fragment-size", 1...OptionCheck.maxFragment)
         try OptionCheck.integer(window, option: "--window", 1...65_536)
+        try OptionCheck.integer(heartbeatMs, option: "--heartbeat-ms", 100...60_000)
         if let deadline { try OptionCheck.seconds(deadline, option: "--deadline") }
         _ = try OptionCheck.size(stdinLimit, option: "--stdin-limit", 1...(1 << 50))
     }
@@ -66,6 +70,7 @@ struct SubmitCommand: AsyncParsableCommand {
         options.fragmentSize = try ByteSize.parse(fragmentSize, option: "--fragment-size")
         options.maxFragmentSize = max(options.maxFragmentSize, options.fragmentSize)
         options.window = window
+        options.heartbeatInterval = .milliseconds(heartbeatMs)
         options.learnBrokerLimits = true  // an oversized fragment fails at once with 413 (C47)
         options.connection = peer.connectionOptions()
 

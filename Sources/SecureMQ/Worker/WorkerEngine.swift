@@ -97,6 +97,10 @@ final class WorkerEngine: ConnectingEngine {
         connectWaiters = Waiters(thread: thread)
         for index in links.indices { attach(index) }
         thread.schedule(after: options.heartbeatInterval, every: options.heartbeatInterval) { [unowned self] in self.heartbeat() }
+        // Silence is judged ten times per interval, not only when a heartbeat goes out (which
+        // found a silent broker up to one interval late), as the client does.
+        let tick = ClientEngine.silenceCheckInterval(options.heartbeatInterval)
+        thread.schedule(after: tick, every: tick) { [unowned self] in self.watchSilence() }
         // With several brokers each socket keeps trying for ever (one that is down at start is
         // picked up when it starts); the connect timeout then applies to the first of them.
         if links.count > 1, let timeout = options.connection.connectTimeout {
@@ -265,18 +269,23 @@ final class WorkerEngine: ConnectingEngine {
     var connectedCount: Int { links.reduce(0) { $0 + ($1.client.isConnected ? 1 : 0) } }
 
     private func heartbeat() {
+        for link in links where link.client.isConnected {
+            _ = try? link.client.socket.send(Wire.heartbeat())
+        }
+    }
+
+    /// A broker silent for interval × liveness is gone, frozen, or expired this connection (the
+    /// worker was stopped): a new connection re-registers with READY.
+    private func watchSilence() {
+        let limit = options.heartbeatInterval.nanoseconds &* UInt64(options.liveness)
         for index in links.indices {
             let link = links[index]
             guard link.client.isConnected else { continue }
-            _ = try? link.client.socket.send(Wire.heartbeat())
-            // Read what already arrived before judging silence: after a pause (SIGSTOP, a long GC-like
+            // Read what already arrived before judging silence: after a pause (SIGSTOP, a long
             // stall) the timer can fire before the poll reports the messages waiting.
             readAll(index)
             let silence = SocketThread.now() &- link.lastHeard
-            let limit = options.heartbeatInterval.nanoseconds &* UInt64(options.liveness)
             if silence > limit {
-                // The broker stopped heartbeating us: it is gone, frozen, or it expired this
-                // connection (we were stopped). A new connection re-registers with READY.
                 link.lastHeard = SocketThread.now()
                 link.client.reconnect(because: "no message from the broker for \(silence / 1_000_000) ms")
             }
