@@ -163,11 +163,12 @@ struct FaultProcessTests {
     }
 
     @Test func jobSurvivesABrokerKilledAndRestarted() async throws {
-        // 40 ms per fragment, 8 at a time: the 250 fragments after the 50th take over a second, so
-        // the kill lands mid-job even when a loaded machine is slow to notice the 50th.
+        // 40 ms per fragment, 8 at a time: the 750 fragments after the 50th take about 4 s, so
+        // the kill lands mid-job even when a loaded machine is slow to notice the 50th (with 300
+        // fragments, 1.25 s, a fresh-clone CI run once saw the job end first).
         let c = try await cluster("restart", workers: 2, workerArguments: ["--delay-ms", "40", "--credit", "4"])
         defer { c.harness.tearDown() }
-        let payload = randomBytes(300 * 1024)
+        let payload = randomBytes(800 * 1024)
         let (submit, output) = try startSubmit(c.harness, c.certs, c.broker, c.client, payload: payload, name: "job")
         try await waitUntil("50 results") { fileSize(output) >= 50 * 1024 }
         c.broker.child.kill()

@@ -20,7 +20,10 @@ struct SeveralBrokersHostTests {
         defer { site.tearDown() }
         site.announce("kill -9 of the broker holding a job")
         let d = try await site.deploy(brokers: 3, workers: 3, workerArguments: ["--delay-ms", "30", "--credit", "3"])
-        let payload = randomBytes(400 * Self.fragment)
+        // 9 fragments at a time, 30 ms each: the 970 after the 30th take over 3 s, so the kill
+        // lands mid-job on a loaded CI host too (400 left about 1.2 s, as tight as a fault test
+        // that once saw its job end first).
+        let payload = randomBytes(1000 * Self.fragment)
         let job = try await d.startJob(payload, name: "job")
         let holder = try await d.brokerHoldingAJob(since: job)
         try await d.waitUntilOutput(job, reaches: 30 * Self.fragment)
