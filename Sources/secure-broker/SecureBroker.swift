@@ -37,7 +37,7 @@ struct SecureBroker: AsyncParsableCommand {
     @Option(help: "Directory of the public certificates allowed in. (default: certs/allowed)")
     var allowlist: String?
 
-    @Option(help: "libzmq I/O threads (they do the CURVE encryption; each connection stays on one). 1–64. (default: \(SecureBroker.defaultIOThreads))")
+    @Option(help: "libzmq I/O threads (they do the CURVE encryption; each connection stays on one). 1–64. (default: one per 4 cores, 1–4: \(SecureBroker.defaultIOThreads) here)")
     var ioThreads: Int?
 
     @Option(help: "Dispatch strategy: weighted (by allowlist weight) or round-robin. (default: weighted)")
@@ -118,9 +118,15 @@ struct SecureBroker: AsyncParsableCommand {
     @Flag(help: "Print the effective settings (flags > environment > file > defaults) as JSON, a valid --config file, and exit. Certificates appear as paths only.")
     var printConfig = false
 
-    /// libzmq I/O threads when neither flag, environment nor file says: see docs/ARCHITECTURE.md,
-    /// "Endpoints, keys and I/O threads", for the measurement behind it.
-    static let defaultIOThreads = 1
+    /// libzmq I/O threads when neither flag, environment nor file says: one per 4 online cores,
+    /// 1 to 4. The broker's own socket thread takes a core, and on a 2-core host a second I/O
+    /// thread bought nothing (docs/ARCHITECTURE.md, "Endpoints, keys and I/O threads"); a host
+    /// with many cores gets more threads for CURVE, which is where one broker's time goes.
+    static let defaultIOThreads = ioThreads(forCores: Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
+
+    static func ioThreads(forCores cores: Int) -> Int {
+        min(4, max(1, cores / 4))
+    }
 
     /// The settings given as flags, by name: the top layer of ``BrokerSettings``.
     func flagLayer() -> [String: ConfigContent] {
