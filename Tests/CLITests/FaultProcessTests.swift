@@ -6,20 +6,6 @@ import Testing
 /// cause, whatever happens to the processes around it. Real processes, killed and stopped.
 @Suite(.timeLimit(.minutes(2)))
 struct FaultProcessTests {
-    /// Waits until `condition` holds (polling, with a deadline): for an event, not a guessed time.
-    func waitUntil(_ what: String, timeout: Duration = .seconds(30), _ condition: () throws -> Bool) async throws {
-        let deadline = ContinuousClock.now + timeout
-        while ContinuousClock.now < deadline {
-            if try condition() { return }
-            try await Task.sleep(for: .milliseconds(10))
-        }
-        throw HarnessError("timed out waiting for \(what)")
-    }
-
-    func fileSize(_ path: String) -> Int {
-        (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0
-    }
-
     /// The value of `key=` in the broker's last `stopped` log line.
     func stoppedStatistic(_ broker: BrokerProcess, _ key: String) -> Int? {
         guard let line = broker.child.lines(.stderr).last(where: { $0.contains("stopped") && $0.contains("requeued=") }) else { return nil }

@@ -17,14 +17,6 @@ struct HostNetworkTests {
         }
     }
 
-    func waitUntil(_ what: String, timeout: Duration = .seconds(10), _ condition: () -> Bool) async throws {
-        let deadline = ContinuousClock.now + timeout
-        while !condition() {
-            guard ContinuousClock.now < deadline else { throw HarnessError("timed out waiting for \(what)") }
-            try await Task.sleep(for: .milliseconds(10))
-        }
-    }
-
     @Test func aBrokerOnOneHostAnswersAnotherUntilItsLinkIsCutAndAgainOnceRestored() async throws {
         let network = try network()
         let harness = try ProcessHarness("host-network")

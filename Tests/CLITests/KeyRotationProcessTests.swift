@@ -8,19 +8,6 @@ import Testing
 /// byte-exact, and afterwards the old key no longer completes a handshake.
 @Suite(.timeLimit(.minutes(3)))
 struct KeyRotationProcessTests {
-    func waitUntil(_ what: String, timeout: Duration = .seconds(60), _ condition: () throws -> Bool) async throws {
-        let deadline = ContinuousClock.now + timeout
-        while ContinuousClock.now < deadline {
-            if try condition() { return }
-            try await Task.sleep(for: .milliseconds(10))
-        }
-        throw HarnessError("timed out waiting for \(what)")
-    }
-
-    func fileSize(_ path: String) -> Int {
-        (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0
-    }
-
     /// `--broker ENDPOINT --broker-key KEY --cert PEER`: one endpoint and the key it serves.
     func peerArguments(_ peer: TestPeer, endpoint: String, brokerKey: TestPeer) -> [String] {
         ["--broker", endpoint, "--broker-key", brokerKey.publicPath, "--cert", peer.secretPath]
