@@ -165,7 +165,7 @@ struct FaultProcessTests {
         #expect(!submit.output(.stderr).contains("resubmitted:    0"), "the client resubmitted what the dead broker held")
     }
 
-    @Test func sigtermDrainsInFlightWorkAndRefusesTheRest() async throws {
+    @Test func sigtermDrainsInFlightWorkAndTheJobCompletesAfterTheRestart() async throws {
         let c = try await cluster("drain", workers: 1, brokerArguments: ["--drain-timeout", "5"],
                                   workerArguments: ["--delay-ms", "50", "--credit", "4"])
         defer { c.harness.tearDown() }
@@ -180,17 +180,17 @@ struct FaultProcessTests {
         let brokerEnd = try await broker.child.waitForExit(timeout: .seconds(15))
         #expect(brokerEnd.succeeded, "\(broker.child.transcript())")
         #expect(ContinuousClock.now - signalled < .seconds(8), "the broker exits within the drain timeout")
-        // What was in flight came back; what came after was refused with 503, and said so.
-        let finished = try await submit.waitForExit(timeout: .seconds(30))
-        #expect(!finished.succeeded)
-        #expect(submit.output(.stderr).contains("503"), "\(submit.transcript())")
-        let gathered = try [UInt8](Data(contentsOf: URL(fileURLWithPath: output)))
-        // The window (16) holds fragments queued and in flight at the broker when it is signalled;
-        // the drain still runs them, so results arrive after the signal: at least one more.
-        #expect(gathered.count >= gatheredAtSignal + 1024, "nothing came back after SIGTERM: \(gatheredAtSignal) → \(gathered.count) bytes")
         #expect(broker.child.output(.stderr).contains("draining"))
-        let prefixEqual = Array(payload.prefix(gathered.count)) == gathered
-        #expect(prefixEqual, "what arrived is a correct prefix")
+        // The window (16) holds fragments queued and in flight at the broker when it is signalled;
+        // the drain still runs them, so results arrived after the signal: at least one more.
+        let gatheredAtExit = fileSize(output)
+        #expect(gatheredAtExit >= gatheredAtSignal + 1024, "nothing came back after SIGTERM: \(gatheredAtSignal) → \(gatheredAtExit) bytes")
+        // What the draining broker refused (503) the client kept: with no other broker it waits
+        // for this one, as after a crash, so a restart completes the job, each index once (C67).
+        #expect(submit.isRunning, "the client gave up on a draining broker: \(submit.transcript())")
+        _ = try await c.harness.startBroker(c.certs, port: broker.port, name: "broker-again")
+        try await expectDeliveredExactlyOnce(submit, output: output, payload: payload, timeout: .seconds(90))
+        #expect(!submit.output(.stderr).contains("resubmitted:    0"), "the client resubmitted what the draining broker refused")
     }
 }
 

@@ -86,8 +86,8 @@ struct KeyRotationProcessTests {
         try await expectDeliveredExactlyOnce(submitA, output: outputA, payload: jobA)
 
         // 4. Drop the old key: the broker comes back serving the new key only, on the same port.
-        //    Job B spans the restart and completes through resubmission (a kill, as a crash or an
-        //    impatient restart would be: a SIGTERM drain would answer its remaining SUBMITs 503).
+        //    Job B spans the restart and completes through resubmission (a kill, as a crash would
+        //    be; a SIGTERM restart keeps a running job too, C67, tested in FaultProcessTests).
         #expect(submitB.isRunning && fileSize(outputB) < jobB.count, "job B ended before the restart: nothing was tested")
         broker.kill()
         _ = try await broker.waitForExit(timeout: .seconds(10))

@@ -258,6 +258,18 @@ final class ClientEngine: ConnectingEngine {
         placeStranded()
     }
 
+    /// Whether a `503` (draining) from `link` moves its work instead of failing the job: always
+    /// when another broker is live (C58); with none, only for a job that was already running
+    /// there (a fragment after its first refused), whose client would otherwise lose a job to a
+    /// `systemctl restart`: it waits for the broker to return, as after a crash (C67). A job the
+    /// draining broker never took (its first fragment refused) fails with `503` at once, so a
+    /// client is told rather than kept waiting for a broker that may be going away for good.
+    private func drainMovesWork(job: ClientJob?, index: UInt32, from link: BrokerLink) -> Bool {
+        if links.contains(where: { $0.live && $0 !== link }) { return true }
+        guard let job, job.link === link, index != Message.wholeJobIndex else { return false }
+        return index > 0
+    }
+
     /// Sends stranded work to live brokers: what the failed broker may have lost is sent again
     /// from the kept SUBMITs. A broker that still holds some ignores it, and the gatherer drops
     /// results that come twice (C26, C58).
@@ -663,13 +675,12 @@ final class ClientEngine: ConnectingEngine {
             guard let job = jobs[fragment.header.jobID] else { return } // late result of an ended job
             accept(fragment, for: job)
         case .failed(let jobID, let index, let code, let reason):
-            if code == .draining, links.count > 1, links.contains(where: { $0.live && $0 !== link }) {
+            if code == .draining, link.live, drainMovesWork(job: jobs[jobID], index: index, from: link) {
                 // That broker is shutting down: its work goes to another broker instead of
-                // failing, and it is used again once it reconnects (C58).
-                if link.live {
-                    setLive(link, false)
-                    strand(link, because: "the broker is draining")
-                }
+                // failing (C58), or, with no other broker, waits for this one to come back, as
+                // after a restart (C67); it is used again once it reconnects.
+                setLive(link, false)
+                strand(link, because: "the broker is draining")
                 return
             }
             let kind: SecureMQError.Code = code == .deadlineExceeded ? .deadlineExceeded : .jobFailed
