@@ -70,6 +70,33 @@ struct ZAPHardeningTests {
         await thread.shutdown()
     }
 
+    /// A server whose domain the context's running handler does not know (a broker shutting
+    /// down: its domain is gone while libzmq still finishes handshakes) answers ZAP 500, and a
+    /// SecureMQ peer asks again, a bounded number of times, instead of giving that server up at
+    /// the first answer (C68). Before, it answered 400 and a client with several brokers left a
+    /// restarting broker for good.
+    @Test func anUnknownDomainIsATemporaryRefusalThatIsAskedAgain() async throws {
+        let context = SecureContext()
+        let handler = try context.zapHandler()  // running, but "no-handler-here" is not registered
+        let serverKeys = KeyPair.generate()
+        let (thread, endpoint, _) = try await bareServer(context: context, keys: serverKeys, enforce: true)
+        var options = Self.fastFailure
+        options.reconnectInterval = .milliseconds(10)
+        var refused: SecureMQError?
+        do {
+            let connection = try await SecureConnection.connect(to: endpoint, serverKey: serverKeys.publicKey, keyPair: .generate(),
+                                                                context: SecureContext(), options: options)
+            await connection.close()
+        } catch {
+            refused = error
+        }
+        let failure = try #require(refused, "a server whose domain is unknown admitted a key")
+        #expect(failure.code == .rejectedByServer && failure.message.contains("11 times in a row (ZAP status 500)"), "\(failure)")
+        // Asked once, then again after each temporary refusal, up to the limit.
+        #expect(handler.statistics.malformed == CurveClientSocket.temporaryRefusalLimit + 1)
+        await thread.shutdown()
+    }
+
     /// The control for the test above: the same socket without enforcement admits anyone, so
     /// the refusal there is the option's doing.
     @Test func withoutEnforcementTheSameServerWouldAdmitAnyKey() async throws {

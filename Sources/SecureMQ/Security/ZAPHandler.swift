@@ -165,8 +165,18 @@ final class ZAPHandler: @unchecked Sendable {
         guard parts[0].bytes.elementsEqual("1.0".utf8) else { return malformed("unsupported ZAP version") }
         let domain = String(decoding: parts[2].bytes, as: UTF8.self)
         guard let policy = domains.withLock({ $0[domain] }) else {
+            // A domain is registered before its socket binds and removed when the socket closes,
+            // but libzmq finishes the close on its I/O thread: a peer reconnecting to a server
+            // that is shutting down (a broker restarting on its port) can still reach this. That
+            // is no verdict on its key, so the answer is 500, "internal error", which SecureMQ's
+            // clients and workers ask again (a bounded number of times); 400 made them give that
+            // broker up for good. Not 300 ("temporary"): libzmq answers that by leaving the peer
+            // hanging until its handshake timeout, with no error (PROTOCOL.md C68).
             let shown = PeerText.escaped(domain)
-            return malformed("unknown ZAP domain '\(shown)'", domain: shown, kind: .unknownDomain)
+            counters.withLock { $0.malformed += 1 }
+            logRefusal(RefusalKey(domain: shown, kind: .unknownDomain, address: address), now: now, to: logger,
+                       metadata: ["status": "500", "reason": "unknown ZAP domain '\(shown)'", "address": "\(address)"])
+            return Reply(requestID: requestID, status: "500", text: Refusal.unknownDomain.rawValue)
         }
         guard parts[5].bytes.elementsEqual("CURVE".utf8) else {
             counters.withLock { $0.denied += 1; $0.deniedNotCurve += 1 }

@@ -18,6 +18,9 @@ final class CurveClientSocket {
     private(set) var state: State = .connecting
     private var monitor: SocketMonitor?
     private var handshakeFailures = 0
+    /// ZAP 500 answers in a row (C68): a server shutting down gives them for a moment only.
+    private var temporaryRefusals = 0
+    static let temporaryRefusalLimit = 10
     /// Connection attempts refused (nothing listening) since the last TCP connection; counted
     /// only before the first handshake, so a broker restart is still waited for.
     private var refusedAttempts = 0
@@ -227,11 +230,26 @@ final class CurveClientSocket {
             connectTimer = nil
             logger.debug("connected", metadata: ["endpoint": "\(endpoint)", "server": "\(serverKey.fingerprint)"])
             served = false
+            temporaryRefusals = 0
             set(.connected)
+        case ZMQ_EVENT_HANDSHAKE_FAILED_AUTH where event.value == 500 && temporaryRefusals < Self.temporaryRefusalLimit:
+            // "Internal error" (ZAP 500): a SecureMQ server says so while it is shutting down
+            // (C68). Ask again after the reconnect interval, a bounded number of times in a row.
+            temporaryRefusals += 1
+            logger.debug("server refused for now (ZAP 500); asking again", metadata: [
+                "endpoint": "\(endpoint)", "refusals": "\(temporaryRefusals)"])
+            thread.schedule(after: options.reconnectInterval) { [weak self] in
+                self?.reconnect(because: "the server could not decide (ZAP 500): shutting down?")
+            }
         case ZMQ_EVENT_HANDSHAKE_FAILED_AUTH:
-            // ZAP said no (400/500); libzmq will not retry, and neither do we.
-            fail(SecureMQError(.rejectedByServer,
-                "the server at \(endpoint) rejected this key (\(keyPair.publicKey.fingerprint)): it is not on the server's allowlist (ZAP status \(event.value)); add this key's public certificate to the server's allowlist directory"))
+            // ZAP said no (400, or 500 too many times in a row); we do not retry.
+            if event.value == 500 {
+                fail(SecureMQError(.rejectedByServer,
+                    "the server at \(endpoint) could not check this key (\(keyPair.publicKey.fingerprint)) \(temporaryRefusals + 1) times in a row (ZAP status 500): it is shutting down or broken; see its log"))
+            } else {
+                fail(SecureMQError(.rejectedByServer,
+                    "the server at \(endpoint) rejected this key (\(keyPair.publicKey.fingerprint)): it is not on the server's allowlist (ZAP status \(event.value)); add this key's public certificate to the server's allowlist directory"))
+            }
         case ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL, ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL:
             handshakeFailures += 1
             logger.debug("handshake failed", metadata: ["endpoint": "\(endpoint)", "failures": "\(handshakeFailures)"])
