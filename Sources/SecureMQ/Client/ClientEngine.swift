@@ -37,6 +37,9 @@ final class ClientJob {
     var link: BrokerLink?
     /// Bit `i`: the job was ever sent to broker `i`, which may still hold part of it.
     var touched: UInt64 = 0
+    /// Times the job waited for its only broker after a `503` (draining, C67): bounded by
+    /// `maxResubmitsWithoutProgress`, so a broker that refuses and never goes away ends it.
+    var drainWaits = 0
 
     /// The time left in milliseconds for a SUBMIT's tag (PROTOCOL.md C45): 0 = no deadline,
     /// at least 1 while one is set.
@@ -264,10 +267,23 @@ final class ClientEngine: ConnectingEngine {
     /// `systemctl restart`: it waits for the broker to return, as after a crash (C67). A job the
     /// draining broker never took (its first fragment refused) fails with `503` at once, so a
     /// client is told rather than kept waiting for a broker that may be going away for good.
+    /// A job waits at most `maxResubmitsWithoutProgress` times: a broker that keeps answering
+    /// `503` (it drains for longer than that, or is broken) fails it with that `503` then.
     private func drainMovesWork(job: ClientJob?, index: UInt32, from link: BrokerLink) -> Bool {
         if links.contains(where: { $0.live && $0 !== link }) { return true }
-        guard let job, job.link === link, index != Message.wholeJobIndex else { return false }
-        return index > 0
+        guard let job, job.link === link, index != Message.wholeJobIndex, index > 0 else { return false }
+        job.drainWaits += 1
+        return job.drainWaits <= options.maxResubmitsWithoutProgress
+    }
+
+    /// A broker set aside for draining is used again after its new handshake. One that drains
+    /// but keeps the connection open (a drain longer than interval × liveness, or a broken
+    /// broker) would never give one: it is connected to anew then, so the wait is bounded.
+    private func setAsideUntilReconnected(_ link: BrokerLink) {
+        thread.schedule(after: options.heartbeatInterval * options.liveness) { [weak self, weak link] in
+            guard let self, let link, !self.closing, !link.live, !link.dead, link.socket.isConnected else { return }
+            link.socket.reconnect(because: "the broker answered 503 (draining) and kept the connection")
+        }
     }
 
     /// Sends stranded work to live brokers: what the failed broker may have lost is sent again
@@ -681,6 +697,7 @@ final class ClientEngine: ConnectingEngine {
                 // after a restart (C67); it is used again once it reconnects.
                 setLive(link, false)
                 strand(link, because: "the broker is draining")
+                setAsideUntilReconnected(link)
                 return
             }
             let kind: SecureMQError.Code = code == .deadlineExceeded ? .deadlineExceeded : .jobFailed
