@@ -155,11 +155,11 @@ final class ZAPHandler: @unchecked Sendable {
         // Every frame is peer-influenced text (the address comes from the connection, the rest
         // from whoever wrote to the ZAP endpoint): escaped before it reaches a log line.
         let address = parts.count > 3 ? PeerText.escaped(parts[3].bytes) : ""
-        func malformed(_ reason: String, domain: String = "", kind: Refusal = .malformed) -> Reply {
+        func malformed(_ reason: String, domain: String = "", kind: Refusal = .malformed, status: String = "400") -> Reply {
             counters.withLock { $0.malformed += 1 }
             logRefusal(RefusalKey(domain: domain, kind: kind, address: address), now: now, to: logger,
-                       metadata: ["status": "400", "reason": "\(reason)", "address": "\(address)"])
-            return Reply(requestID: requestID, status: "400", text: kind.rawValue)
+                       metadata: ["status": "\(status)", "reason": "\(reason)", "address": "\(address)"])
+            return Reply(requestID: requestID, status: status, text: kind.rawValue)
         }
         guard parts.count >= 6, !truncated else { return malformed("malformed ZAP request: \(parts.count) frames") }
         guard parts[0].bytes.elementsEqual("1.0".utf8) else { return malformed("unsupported ZAP version") }
@@ -173,10 +173,7 @@ final class ZAPHandler: @unchecked Sendable {
             // broker up for good. Not 300 ("temporary"): libzmq answers that by leaving the peer
             // hanging until its handshake timeout, with no error (PROTOCOL.md C68).
             let shown = PeerText.escaped(domain)
-            counters.withLock { $0.malformed += 1 }
-            logRefusal(RefusalKey(domain: shown, kind: .unknownDomain, address: address), now: now, to: logger,
-                       metadata: ["status": "500", "reason": "unknown ZAP domain '\(shown)'", "address": "\(address)"])
-            return Reply(requestID: requestID, status: "500", text: Refusal.unknownDomain.rawValue)
+            return malformed("unknown ZAP domain '\(shown)'", domain: shown, kind: .unknownDomain, status: "500")
         }
         guard parts[5].bytes.elementsEqual("CURVE".utf8) else {
             counters.withLock { $0.denied += 1; $0.deniedNotCurve += 1 }
