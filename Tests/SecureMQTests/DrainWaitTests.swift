@@ -34,8 +34,11 @@ struct DrainWaitTests {
         }
         var options = Client.Options()
         options.fragmentSize = 1000
-        options.heartbeatInterval = .milliseconds(100)
-        options.liveness = 1
+        // 300 ms × 3: the broker's PONGs keep the link from looking silent (a shorter interval let a
+        // loaded full run take it for silent, reconnect for that and end the job as looping,
+        // 413), so only the 503 path is exercised.
+        options.heartbeatInterval = .milliseconds(300)
+        options.liveness = 3
         options.connection.reconnectInterval = .milliseconds(20)
         let client = try await Client.connect(to: broker.endpoint, brokerKey: broker.serverKeys.publicKey, keyPair: clientKeys,
                                               options: options, context: broker.context)
