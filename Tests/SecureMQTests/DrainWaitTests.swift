@@ -11,8 +11,9 @@ struct DrainWaitTests {
         let clientKeys = KeyPair.generate()
         let broker = try await ServerFixture.make(allowing: [clientKeys.publicKey])
         // The broken broker: PONG to every PING, FAILED 503 to every SUBMIT after a job's first
-        // fragment, and it never closes a connection.
-        let serving = Task {
+        // fragment, and it never closes a connection. It runs on the server's own socket thread:
+        // on the shared pool a loaded full run delayed its PONGs past the silence limit.
+        let serving = Task(executorPreference: broker.server.executor) {
             var refusals = 0
             while !Task.isCancelled {
                 guard let message = try? await broker.server.receive(timeout: .seconds(30)) else { return refusals }
